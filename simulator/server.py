@@ -92,14 +92,19 @@ class Simulator:
         self.cert_path = ""
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
+        self._published = 0
 
     # -- the Notifier the shared state publishes through -------------------------------------
 
     def publish(self, node: str, payload: str, users: Iterable[str]) -> None:
         users = tuple(users)
+        # The item id carries the publish time (microseconds since the epoch) so that a
+        # benchmark can measure delivery latency; Finesse's item ids are opaque too.
+        self._published += 1
+        item_id = f"{time.time_ns() // 1000}-{self._published}"
         for n in (self.primary, self.secondary):
             if n.serving and n.xmpp is not None and n.xmpp.listening:
-                n.xmpp.publish(node, payload, users)
+                n.xmpp.publish(node, payload, users, item_id)
 
     # -- life cycle --------------------------------------------------------------------------
 
