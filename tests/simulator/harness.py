@@ -7,19 +7,24 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import socket
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
+from xml.etree import ElementTree as ET
 from xml.etree.ElementTree import Element
 
 import requests
 from defusedxml import ElementTree as SafeET
 from slixmpp import ClientXMPP
+from slixmpp.exceptions import IqError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 PUBSUB_EVENT = "{http://jabber.org/protocol/pubsub#event}"
 PUBSUB = "{http://jabber.org/protocol/pubsub}"
+PING = "{urn:xmpp:ping}"
 WAIT = 5.0
 
 
@@ -92,12 +97,14 @@ class XmppAgent:
     """An agent's notification connection; notifications land in a queue to wait on."""
 
     def __init__(self, loop: AsyncThread, user: str, password: str, port: int, domain: str,
-                 resource: str | None = None) -> None:
-        self.loop, self.user, self.port = loop, user, port
+                 resource: str | None = None, ca_file: str | None = None) -> None:
+        self.loop, self.user, self.port, self.domain = loop, user, port, domain
+        self.disconnected = threading.Event()  # set when the connection goes, whoever closed it
         self.jid = f"{user}@{domain}/{resource or 'test-' + uuid.uuid4().hex[:8]}"
         self.notifications: queue.Queue[Notification] = queue.Queue()
         self.presences: queue.Queue[tuple[str, str]] = queue.Queue()
         self.password = password
+        self.ca_file = ca_file  # given: STARTTLS, trusting this certificate
         self.client: ClientXMPP | None = None
 
     def connect(self, expect_failure: bool = False) -> bool:
@@ -106,8 +113,10 @@ class XmppAgent:
     async def _connect(self) -> bool:
         client = ClientXMPP(self.jid, self.password)
         client.enable_direct_tls = False
-        client.enable_starttls = False
-        client.enable_plaintext = True
+        client.enable_starttls = self.ca_file is not None
+        client.enable_plaintext = self.ca_file is None
+        if self.ca_file is not None:
+            client.ca_certs = self.ca_file
         client.register_plugin("feature_mechanisms")
         client.plugin["feature_mechanisms"].unencrypted_plain = True
         client.register_plugin("xep_0199")
@@ -133,10 +142,12 @@ class XmppAgent:
 
         client.add_event_handler("session_start", session_start)
         client.add_event_handler("failed_auth", failed)
+        client.add_event_handler("disconnected", lambda _: self.disconnected.set())
         client.add_event_handler("presence", lambda p: self.presences.put((str(p["from"]), p["type"])))
         client.register_handler(Callback("finesse", MatchXPath(
             f"{{jabber:client}}message/{PUBSUB_EVENT}event"), on_message))
         self.client = client
+        self.disconnected.clear()
         client.connect("127.0.0.1", self.port)
         return await asyncio.wait_for(done, WAIT)
 
@@ -145,12 +156,50 @@ class XmppAgent:
             client, self.client = self.client, None
 
             async def close() -> None:
+                if client.transport is None:  # already gone: the server closed it, or sign-in failed
+                    client.cancel_connection_attempt()
+                    return
                 client.disconnect(wait=0)
                 await client.disconnected
             try:
                 self.loop.run(close())
             except (TimeoutError, asyncio.TimeoutError):
                 client.abort()
+
+    def iq(self, kind: str, to: str, payload: Element) -> Element:
+        """Send an iq (get/set) carrying ``payload``; return the answer, result or error."""
+        client = self.client
+        assert client is not None, "not connected"
+
+        async def send() -> Element:
+            iq = client.make_iq_get(ito=to) if kind == "get" else client.make_iq_set(ito=to)
+            iq.appendxml(payload)
+            try:
+                answer = await iq.send(timeout=WAIT)
+            except IqError as exc:
+                return exc.iq.xml  # type: ignore[no-any-return]
+            return answer.xml  # type: ignore[no-any-return]
+        return self.loop.run(send())  # type: ignore[no-any-return]
+
+    def pubsub(self, op: str, node: str) -> Element:
+        """XEP-0060 subscribe/unsubscribe with this connection's full JID; the iq answer."""
+        assert self.client is not None, "not connected"
+        ps = ET.Element(f"{PUBSUB}pubsub")
+        ET.SubElement(ps, f"{PUBSUB}{op}", node=node, jid=str(self.client.boundjid.full))
+        return self.iq("set", f"pubsub.{self.domain}", ps)
+
+    def subscribe(self, node: str) -> Element:
+        answer = self.pubsub("subscribe", node)
+        assert answer.get("type") == "result", ET.tostring(answer, encoding="unicode")
+        return answer
+
+    def sync(self) -> None:
+        """A ping round trip: whatever the server sent this client before it has been received."""
+        answer = self.iq("get", self.domain, ET.Element(f"{PING}ping"))
+        assert answer.get("type") == "result", ET.tostring(answer, encoding="unicode")
+
+    def wait_disconnected(self, timeout: float = WAIT) -> None:
+        assert self.disconnected.wait(timeout), f"{self.user}: still connected after {timeout} s"
 
     def next(self, timeout: float = WAIT) -> Notification:
         try:
@@ -220,6 +269,10 @@ class Rest:
     def user(self) -> Element:
         return self.xml(f"/finesse/api/User/{self.user}")
 
+    def me(self) -> Element:
+        """GET of the user's own User document (``user()`` is shadowed by the ``user`` attribute)."""
+        return self.xml(f"/finesse/api/User/{self.user}")
+
     def dialogs(self) -> list[Element]:
         return list(self.xml(f"/finesse/api/User/{self.user}/Dialogs"))
 
@@ -273,6 +326,27 @@ class Control:
 
     def agent(self, agent_id: str) -> dict[str, Any]:
         return next(a for a in self.state()["agents"] if a["id"] == agent_id)
+
+
+def port_refuses(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing accepts TCP connections on the port."""
+    try:
+        with socket.create_connection((host, port), timeout=WAIT):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def poll(check: Callable[[], Any], timeout: float = WAIT, interval: float = 0.05) -> Any:
+    """Call ``check`` until it returns something truthy or the deadline passes (then fail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
+        time.sleep(interval)
 
 
 def participant(dialog: Element, media_address: str) -> Element:
