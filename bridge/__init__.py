@@ -1,0 +1,1 @@
+"""CTI Bridge for Cisco Finesse: the server between CRM browsers and Finesse."""
