@@ -161,6 +161,7 @@ class FinesseSim(CallCenter):
                 party.set_state("ACTIVE", self.now())
         dialog.state = "ACTIVE"
         self._put(dialog)
+        self._sync_original(dialog)
         for agent in self._agents_of(dialog):
             self._busy_state(agent)
 
@@ -217,7 +218,9 @@ class FinesseSim(CallCenter):
         if handler is None:
             raise FinesseError(400, "Invalid Input", f"Unknown requestedAction {action}", action)
         if action not in self.actions(dialog, party):
-            raise FinesseError(400, "Invalid State", f"{action} is not allowed in state {party.state}", action)
+            # finesse.md 6.8: a consult from an alerting or held call is a Generic Error.
+            kind = "Generic Error" if action == "CONSULT_CALL" else "Invalid State"
+            raise FinesseError(400, kind, f"{action} is not allowed in state {party.state}", action)
         handler(actor, dialog, party, fields, request_id)
 
     def _do_answer(self, actor: Agent, dialog: Dialog, party: Any, fields: dict[str, Any], rid: str) -> None:
@@ -228,22 +231,31 @@ class FinesseSim(CallCenter):
                 other.set_state("ACTIVE", now)
         dialog.state = "ACTIVE"
         self._put(dialog, rid)
+        self._sync_original(dialog, rid, actor)
         for agent in self._agents_of(dialog):
             self._busy_state(agent, rid if agent is actor else "")
 
     def _do_hold(self, actor: Agent, dialog: Dialog, party: Any, fields: dict[str, Any], rid: str) -> None:
         party.set_state("HELD", self.now())
         self._put(dialog, rid)
+        self._sync_original(dialog, rid, actor)
         self._busy_state(actor, rid)
 
     def _do_retrieve(self, actor: Agent, dialog: Dialog, party: Any, fields: dict[str, Any], rid: str) -> None:
+        # Like a phone line: retrieving a held call holds the agent's active call first.
+        others = [d for d in self.live_dialogs(actor) if d is not dialog and self._party(d, actor).state == "ACTIVE"]
+        for other in others:
+            self._party(other, actor).set_state("HELD", self.now())
         party.set_state("ACTIVE", self.now())
+        for other in others:
+            self._put(other, rid)
         self._put(dialog, rid)
+        self._sync_original(dialog, rid, actor)
         self._busy_state(actor, rid)
 
     def _do_drop(self, actor: Agent, dialog: Dialog, party: Any, fields: dict[str, Any], rid: str) -> None:
-        party.set_state("DROPPED", self.now())
-        self._settle(dialog, rid)
+        self._drop_party(actor, dialog, party)
+        self._settle(dialog, rid, (actor,))
 
     def _do_send_dtmf(self, actor: Agent, dialog: Dialog, party: Any, fields: dict[str, Any], rid: str) -> None:
         digits = str(fields.get("actionParams", {}).get("dtmfString", ""))
@@ -304,7 +316,10 @@ class FinesseSim(CallCenter):
             original.participants.append(type(p)(p.media_address, p.media_address_type, "ACTIVE", now, now,
                                                  agent_id=p.agent_id))
         me = self._party(original, actor)
-        me.set_state("ACTIVE" if conference else "DROPPED", now)
+        if conference:
+            me.set_state("ACTIVE", now)
+        else:
+            self._drop_party(actor, original, me)
         self._put(original, rid)
         for p in joining:
             if p.agent_id in self.agents:
@@ -330,18 +345,14 @@ class FinesseSim(CallCenter):
         if target is None and self.find_agent(to) is not None:
             self.publish_dialog_error(actor, dialog, "CF_RESOURCE_OUT_OF_SERVICE", "34", rid)
             return
-        now = self.now()
-        party.set_state("DROPPED", now)
+        self._drop_party(actor, dialog, party)
         dialog.call_type = "TRANSFER"
-        if target is not None:
-            dialog.participants.append(self._agent_party(target, "ALERTING"))
+        if target is not None:  # the call now rings at the target, as a new call would
             dialog.acd = dialog.acd or target.state == "READY"
+            self._deliver(dialog, target)
         else:
             dialog.participants.append(self._outside_party(to, "ACTIVE"))
-        self._put(dialog, rid)
-        if target is not None:
-            self._post_or_delete(dialog, target, "POST")
-            self._busy_state(target)
+        self._put(dialog, rid, only=actor)
         self._leave(actor, dialog, rid)
 
     def publish_dialog_error(self, agent: Agent, dialog: Dialog, message: str, code: str, rid: str) -> None:
@@ -353,41 +364,49 @@ class FinesseSim(CallCenter):
 
     # -- the end of a call and wrap-up ----------------------------------------------------------
 
-    def _settle(self, dialog: Dialog, rid: str) -> None:
-        """After a party left: end the call if fewer than two remain, else tell who is left."""
+    def _settle(self, dialog: Dialog, rid: str, leaving: tuple[Agent, ...] = ()) -> None:
+        """After a party left: end the call if fewer than two remain, else tell who is left.
+
+        ``leaving`` are the agents whose participant just went DROPPED or WRAP_UP.
+        """
         now = self.now()
         connected = dialog.connected()
-        leaving = [self.agents[p.agent_id] for p in dialog.participants
-                   if p.agent_id and p.state == "DROPPED" and dialog.id in self.agents[p.agent_id].dialogs]
+        gone = list(leaving)
         if len(connected) < 2:
             for p in connected:
-                p.set_state("DROPPED", now)
+                if p.agent_id in self.agents:
+                    agent = self.agents[p.agent_id]
+                    self._drop_party(agent, dialog, p)
+                    if dialog.id in agent.dialogs:
+                        gone.append(agent)
+                else:
+                    p.set_state("DROPPED", now)
             dialog.state = "DROPPED"
             self.cancel_timer(dialog.id, "answer")
             self.cancel_timer(dialog.id, "ring")
-            leaving = self._agents_of(dialog)
         self._put(dialog, rid)
-        for agent in leaving:
+        for agent in gone:
             self._leave(agent, dialog, rid)
         if dialog.state == "DROPPED" and not self._agents_of(dialog):
             self.dialogs.pop(dialog.id, None)
+        if dialog.associated_dialog_id:
+            self._sync_original(dialog, rid, None)
 
     def _leave(self, agent: Agent, dialog: Dialog, rid: str) -> None:
         """An agent's part in a dialog is over: wrap up, or remove it and restore the state."""
         party = self._party(dialog, agent)
         remaining = [d for d in self.live_dialogs(agent) if d is not dialog]
-        incoming = dialog.call_type not in ("AGENT_OUT", "AGENT_INSIDE") or dialog.from_address != party.media_address
-        setting = agent.wrap_up_on_incoming if incoming else agent.wrap_up_on_outgoing
-        wrap = not remaining and setting != "NOT_ALLOWED" and (
-            agent.wrap_up_pending or (setting == "REQUIRED" and (dialog.acd or not incoming)))
-        if wrap:
-            party.set_state("WRAP_UP", self.now())
-            self._put(dialog, rid, only=agent)
+        if party.state == "WRAP_UP" or self._wraps(agent, dialog, party):
+            if party.state != "WRAP_UP":
+                party.set_state("WRAP_UP", self.now())
+                self._put(dialog, rid, only=agent)
+            if agent.pending_state in ("READY", "NOT_READY"):
+                # A state asked for during the call applies when wrap-up ends; UCCE wraps up
+                # in WORK_READY before READY and in WORK before NOT_READY.
+                agent.return_state = agent.pending_state
             state = agent.wrap_up_pending or (
                 "WORK_READY" if agent.return_state == "READY" and not self.uccx else "WORK")
-            agent.wrap_up_pending = ""
-            if agent.pending_state in ("WORK", "WORK_READY"):
-                agent.pending_state = ""
+            agent.wrap_up_pending = agent.pending_state = ""
             self.set_state(agent, state, -1, rid)
             self.start_timer(agent.id, "wrap", self.config.wrap_up_seconds, self._wrap_up_timeout, agent)
             return
@@ -399,20 +418,39 @@ class FinesseSim(CallCenter):
         else:
             self._after_calls(agent, rid)
 
+    def _wraps(self, agent: Agent, dialog: Dialog, party: Any) -> bool:
+        """Whether an agent leaving ``dialog`` goes into wrap-up (its participant WRAP_UP).
+
+        Only after a call the agent answered, with no other call left, when the agent asked
+        for WORK/WORK_READY during the call or wrap-up is REQUIRED for this kind of call.
+        """
+        if not party.answered or any(d is not dialog for d in self.live_dialogs(agent)):
+            return False
+        incoming = dialog.call_type not in ("AGENT_OUT", "AGENT_INSIDE") or dialog.from_address != party.media_address
+        setting = agent.wrap_up_on_incoming if incoming else agent.wrap_up_on_outgoing
+        return setting != "NOT_ALLOWED" and bool(
+            agent.wrap_up_pending or (setting == "REQUIRED" and (dialog.acd or not incoming)))
+
+    def _drop_party(self, agent: Agent, dialog: Dialog, party: Any) -> None:
+        """An agent's participant leaves: WRAP_UP if it will wrap up, else DROPPED."""
+        party.set_state("WRAP_UP" if self._wraps(agent, dialog, party) else "DROPPED", self.now())
+
     def _after_calls(self, agent: Agent, rid: str) -> None:
         if not agent.signed_in:
             return
         state, reason = agent.return_state or "NOT_READY", agent.return_reason
         if agent.pending_state in ("READY", "NOT_READY"):
             state, reason = agent.pending_state, agent.return_reason if agent.pending_state == "NOT_READY" else -1
-        agent.pending_state = agent.return_state = ""
+        agent.pending_state = agent.return_state = agent.wrap_up_pending = ""
         if self.uccx and agent.state == state:
             return  # a non-ICD call on UCCX never changed the state
         self.set_state(agent, state, reason if state == "NOT_READY" else -1, rid)
 
     def _wrap_up_timeout(self, agent: Agent) -> None:
         if agent.state in ("WORK", "WORK_READY"):
-            self.end_wrap_up(agent, "READY" if agent.state == "WORK_READY" else "NOT_READY", -1)
+            state = "READY" if agent.state == "WORK_READY" else "NOT_READY"
+            reason = agent.return_reason if state == "NOT_READY" and agent.return_state == "NOT_READY" else -1
+            self.end_wrap_up(agent, state, reason)
 
     def end_wrap_up(self, agent: Agent, state: str, reason: int, request_id: str = "") -> None:
         self.cancel_timer(agent.id, "wrap")
@@ -427,8 +465,6 @@ class FinesseSim(CallCenter):
                 self._post_or_delete(dialog, agent, "DELETE", request_id)
                 if dialog.state == "DROPPED" and not self._agents_of(dialog):
                     self.dialogs.pop(dialog.id, None)
-        if agent.pending_state in ("READY", "NOT_READY") and not request_id:
-            state, reason = agent.pending_state, agent.return_reason
         agent.pending_state = agent.return_state = ""
         self.set_state(agent, state, reason if state == "NOT_READY" else -1, request_id)
 

@@ -80,9 +80,9 @@ class CallCenter(Finesse):
                 acts.append("START_RECORDING")
             return acts
         if state == "HELD":
-            acts = ["DROP", "UPDATE_CALL_DATA"]
-            if not any(self._party(d, agent).state == "ACTIVE" for d in others):
-                acts.insert(0, "RETRIEVE")
+            # RETRIEVE is offered even beside an active call: retrieving holds that call first,
+            # as a phone line does (finesse.md 6.5 lists RETRIEVE for every HELD participant).
+            acts = ["RETRIEVE", "DROP", "UPDATE_CALL_DATA"]
             if self._consult_of(dialog, agent) is not None:
                 acts += ["TRANSFER", "CONFERENCE"]
             return acts
@@ -116,7 +116,29 @@ class CallCenter(Finesse):
         payload = render.update(self.dialog_xml(dialog, "dialog"), "PUT",
                                 f"/finesse/api/Dialog/{dialog.id}", request_id)
         for agent in ([only] if only else self._agents_of(dialog)):
+            self._note_actions(dialog, agent)
             self.notifier.publish(f"/finesse/api/User/{agent.id}/Dialogs", payload, (agent.id,))
+
+    def _note_actions(self, dialog: Dialog, agent: Agent) -> None:
+        party = next((p for p in dialog.participants if p.agent_id == agent.id), None)
+        if party is not None:
+            dialog.notified[agent.id] = tuple(self.actions(dialog, party))
+
+    def _sync_original(self, consult: Dialog, rid: str = "", actor: Agent | None = None) -> None:
+        """Re-send the original dialog of a consult to agents whose actions on it changed.
+
+        A consult becoming ACTIVE offers TRANSFER/CONFERENCE on the held original; it ending
+        withdraws them. The participant's ``actions`` in the latest notification are what a
+        client may do (finesse.md 6.5), so the original is PUT again to those agents.
+        """
+        original = self.dialogs.get(consult.associated_dialog_id)
+        if original is None:
+            return
+        for agent in self._agents_of(original):
+            party = self._party(original, agent)
+            if party.state in CONNECTED and \
+                    tuple(self.actions(original, party)) != original.notified.get(agent.id):
+                self._put(original, rid if agent is actor else "", only=agent)
 
     def _post_or_delete(self, dialog: Dialog, agent: Agent, event: str, request_id: str = "") -> None:
         if event == "POST":
@@ -124,8 +146,10 @@ class CallCenter(Finesse):
                 agent.return_state = agent.state if agent.state in ("READY", "NOT_READY") else "NOT_READY"
                 agent.return_reason = agent.reason_code_id
             agent.dialogs.append(dialog.id)
+            self._note_actions(dialog, agent)
         elif dialog.id in agent.dialogs:
             agent.dialogs.remove(dialog.id)
+            dialog.notified.pop(agent.id, None)
         node = f"/finesse/api/User/{agent.id}/Dialogs"
         payload = render.update(f"<dialogs>{self.dialog_xml(dialog)}</dialogs>", event, node, request_id)
         self.notifier.publish(node, payload, (agent.id,))

@@ -55,11 +55,17 @@ class Participant:
     state_change_time: float
     state_cause: str = ""
     agent_id: str | None = None
+    answered: bool = False  # was ever ACTIVE: only an answered call leads to wrap-up
+
+    def __post_init__(self) -> None:
+        self.answered = self.answered or self.state == "ACTIVE"
 
     def set_state(self, state: str, now: float, cause: str = "") -> None:
         self.state = state
         self.state_change_time = now
         self.state_cause = cause
+        if state == "ACTIVE":
+            self.answered = True
 
 
 @dataclass
@@ -86,6 +92,8 @@ class Dialog:
     dtmf: list[str] = field(default_factory=list)
     queued: bool = False  # waiting in a queue for a READY agent
     outbound: bool = False  # the far end is an outside number
+    # The actions each agent (by id) was last told about, to re-notify when they change.
+    notified: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def participant(self, media_address: str) -> Participant | None:
         for party in self.participants:

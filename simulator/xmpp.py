@@ -339,7 +339,11 @@ class _Session(asyncio.Protocol):
         if transport.can_write_eof():
             # Half-close and linger: closing with unread input would send an RST that can
             # destroy the stream error before the peer reads it.  Input is now ignored.
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the peer is already gone
+                transport.abort()
+                return
             self.idle_handle = self.loop.call_later(2.0, transport.abort)
         else:
             transport.close()
