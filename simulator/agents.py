@@ -153,6 +153,8 @@ class Finesse:
     def team_users_xml(self, actor: Agent, team_id: str) -> str:
         if not any(t.id == team_id for t in self.config.teams):
             raise FinesseError(404, "Not Found", f"Team {team_id} not found", team_id)
+        if not actor.is_supervisor:  # wrong role (finesse.md 8.3)
+            raise FinesseError(401, "Authorization Failure", "Only supervisors can read a team", actor.id)
         if not self.supervises(actor, team_id):
             raise FinesseError(401, "Invalid Supervisor", "Not a supervisor of this team", actor.id)
         users = "".join(self.user_xml(a) for a in self.agents.values() if a.team_id == team_id)
@@ -194,6 +196,9 @@ class Finesse:
             raise FinesseError(400, "Parameter Missing", "state is required", "state")
         reason = self._reason_param(fields.get("reasonCodeId"), state)
         if state == "LOGIN":
+            if agent is not actor:  # a supervisor may change a member's state, not sign it in
+                raise FinesseError(401, "Invalid Authorization User Specified",
+                                   "Users sign in themselves", actor.id)
             self._login(agent, fields.get("extension", ""), request_id)
         elif not agent.signed_in:
             raise FinesseError(400, "Invalid State", f"Cannot change state to {state} while logged out", agent.id)
@@ -260,7 +265,9 @@ class Finesse:
             raise FinesseError(400, "Invalid State", "WORK_READY is not supported on UCCX", agent.id)
         if not self.live_dialogs(agent):
             raise FinesseError(400, "Invalid State", f"{state} is only possible during a call", agent.id)
-        if agent.wrap_up_on_incoming == "NOT_ALLOWED":
+        outgoing = all(d.from_address == agent.login_extension for d in self.live_dialogs(agent))
+        setting = agent.wrap_up_on_outgoing if outgoing else agent.wrap_up_on_incoming
+        if setting == "NOT_ALLOWED":
             raise FinesseError(400, "Invalid State", "Wrap-up is not allowed for this agent", agent.id)
         agent.wrap_up_pending = state
         agent.pending_state = state

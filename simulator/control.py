@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .calls import ControlError
+from .rest import read_body
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -26,9 +27,12 @@ def problem(status: int, message: str) -> web.Response:
 async def _json(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
+    raw = await read_body(request)
+    if raw is None:
+        raise ControlError(400, "body is larger than 64 KiB")
     try:
-        data = json.loads(await request.content.read(64 * 1024))
-    except ValueError:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise ControlError(400, "body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ControlError(400, "body must be a JSON object")
@@ -52,7 +56,7 @@ def control_routes(app: web.Application, simulator: "Simulator") -> None:
     @web.middleware
     async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
-            return await handler(request)  # type: ignore[no-any-return]
+            return await handler(request)
         except ControlError as exc:
             return problem(exc.status, str(exc))
 

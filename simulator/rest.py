@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .agents import FinesseError
 from .model import Agent
-from .xmlbody import BodyError, parse
+from .xmlbody import MAX_BODY, BodyError, parse
 
 if TYPE_CHECKING:
     from .server import Node
@@ -33,6 +33,22 @@ def error(exc: FinesseError) -> web.Response:
     return xml(exc.xml(), exc.status)
 
 
+async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes | None:
+    """The whole request body, or None when it is larger than ``limit`` bytes.
+
+    ``StreamReader.read(n)`` returns whatever has arrived (up to n), so read until EOF.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    raw = bytearray()
+    while len(raw) <= limit:
+        chunk = await request.content.read(limit + 1 - len(raw))
+        if not chunk:
+            return bytes(raw)
+        raw += chunk
+    return None
+
+
 def finesse_app(node: "Node") -> web.Application:
     """The REST routes of one node; every node shares ``node.sim``, the one call state."""
     sim = node.sim
@@ -49,6 +65,15 @@ def finesse_app(node: "Node") -> web.Application:
             response = error(exc)
         except BodyError as exc:
             response = error(FinesseError(400, "Invalid Input", str(exc)))
+        except web.HTTPException as exc:  # no such route or method: still an ApiErrors body
+            if exc.status < 400 or not request.path.startswith("/finesse/"):
+                raise
+            response = error(FinesseError(exc.status, exc.reason, f"{request.method} {request.path}: {exc.reason}"))
+            if exc.status == 405:
+                response.headers["Allow"] = exc.headers.get("Allow", "")
+        except Exception:  # a simulator bug: answer as Finesse does, keep serving
+            log.exception("%s %s failed", request.method, request.path)
+            response = error(FinesseError(500, "Internal Server Error", "RUNTIME_EXCEPTION"))
         if request_id:
             response.headers["requestId"] = request_id
         return response
@@ -65,7 +90,9 @@ def finesse_app(node: "Node") -> web.Application:
         return sim.authenticate(user, password)
 
     async def body(request: web.Request, root: str) -> dict[str, object]:
-        raw = await request.content.read(65 * 1024)
+        raw = await read_body(request)
+        if raw is None:
+            raise BodyError(f"body larger than {MAX_BODY} bytes")
         return parse(raw, root)
 
     async def system_info(request: web.Request) -> web.Response:

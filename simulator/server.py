@@ -72,6 +72,26 @@ class Node:
             payload = render.update(self.system_info_xml(), "PUT", SYSTEM_INFO)
             self.xmpp.publish_all(SYSTEM_INFO, payload)
 
+    def republish(self) -> None:
+        """Back IN_SERVICE: republish every signed-in agent's state and calls (finesse.md 10.4).
+
+        Only through this node; what started and ended during the outage is not replayed.
+        """
+        sim, publish = self.sim, self.simulator.publish
+        for agent in sim.agents.values():
+            if not agent.signed_in:
+                continue
+            source = f"/finesse/api/User/{agent.id}"
+            payload = render.update(sim.user_xml(agent, "user"), "PUT", source)
+            publish(source, payload, (agent.id,), via=self)
+            publish(f"/finesse/api/Team/{agent.team_id}/Users", payload, (), via=self)
+            for dialog_id in agent.dialogs:
+                dialog = sim.dialogs.get(dialog_id)
+                if dialog is not None:
+                    payload = render.update(sim.dialog_xml(dialog, "dialog"), "PUT",
+                                            f"/finesse/api/Dialog/{dialog.id}")
+                    publish(f"/finesse/api/User/{agent.id}/Dialogs", payload, (agent.id,), via=self)
+
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "host": self.host, "status": self.status,
                 "xmpp": "up" if self.xmpp and self.xmpp.listening else "down",
@@ -96,13 +116,14 @@ class Simulator:
 
     # -- the Notifier the shared state publishes through -------------------------------------
 
-    def publish(self, node: str, payload: str, users: Iterable[str]) -> None:
+    def publish(self, node: str, payload: str, users: Iterable[str], via: Node | None = None) -> None:
+        """Deliver through every node in service (or only through ``via``)."""
         users = tuple(users)
         # The item id carries the publish time (microseconds since the epoch) so that a
         # benchmark can measure delivery latency; Finesse's item ids are opaque too.
         self._published += 1
         item_id = f"{time.time_ns() // 1000}-{self._published}"
-        for n in (self.primary, self.secondary):
+        for n in (self.primary, self.secondary) if via is None else (via,):
             if n.serving and n.xmpp is not None and n.xmpp.listening:
                 n.xmpp.publish(node, payload, users, item_id)
 
@@ -187,6 +208,8 @@ class Simulator:
             await node.xmpp.start()
         for n in changed:
             n.publish_system_info()
+            if n.serving:
+                n.republish()
 
     async def stop(self) -> None:
         for node in self.nodes:
