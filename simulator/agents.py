@@ -69,18 +69,20 @@ class Finesse:
         self.reasons = {r.id: r for r in config.reason_codes}
         self.wrap_ups = {w.id: w for w in config.wrap_up_reasons}
         self.dialogs: dict[str, Dialog] = {}
+        self.seeded_extensions = {a.extension: a for a in self.agents.values()}
+        self.signed_in_extensions: dict[str, Agent] = {}  # login extension -> agent
         self._timers: dict[tuple[str, str], Any] = {}
 
     # -- credentials -------------------------------------------------------------------------
 
     def find_agent(self, key: str) -> Agent | None:
         """An agent by loginId, loginName (case-insensitive) or signed-in/seeded extension."""
-        agent = self.agents.get(key) or self.by_name.get(key.lower())
-        if agent is None:
-            for candidate in self.agents.values():
-                if key in (candidate.login_extension, candidate.extension):
-                    return candidate
-        return agent
+        return (self.agents.get(key) or self.by_name.get(key.lower()) or self.signed_in_extensions.get(key)
+                or self.seeded_extensions.get(key))
+
+    def signed_in_extension(self, number: str) -> Agent | None:
+        """The agent signed in on this extension, if any."""
+        return self.signed_in_extensions.get(number)
 
     def check_password(self, user: str, password: str) -> Agent | None:
         """Check credentials with Finesse's lockout: N bad attempts lock the user for a while."""
@@ -231,14 +233,15 @@ class Finesse:
     def _login(self, agent: Agent, extension: str, request_id: str) -> None:
         if not extension:
             raise FinesseError(400, "Parameter Missing", "extension is required", "extension")
-        for other in self.agents.values():
-            if other is not agent and other.signed_in and other.login_extension == extension:
-                raise FinesseError(400, "Invalid Input", f"Extension {extension} is in use", extension)
+        other = self.signed_in_extensions.get(extension)
+        if other is not None and other is not agent:
+            raise FinesseError(400, "Invalid Input", f"Extension {extension} is in use", extension)
+        self.signed_in_extensions.pop(agent.login_extension, None)
+        self.signed_in_extensions[extension] = agent
+        agent.login_extension = extension
         if agent.signed_in:  # forced sign-in keeps the current state (finesse.md 5.2)
-            agent.login_extension = extension
             self.publish_user(agent, request_id)
             return
-        agent.login_extension = extension
         agent.pending_state = ""
         self.set_state(agent, "NOT_READY", -1, request_id)
 
@@ -276,6 +279,8 @@ class Finesse:
     def logout(self, agent: Agent, reason: int, request_id: str = "") -> None:
         self.cancel_timer(agent.id, "wrap")
         agent.pending_state = agent.wrap_up_pending = agent.return_state = ""
+        if self.signed_in_extensions.get(agent.login_extension) is agent:
+            del self.signed_in_extensions[agent.login_extension]
         agent.login_extension = ""
         self.set_state(agent, "LOGOUT", reason, request_id)
 

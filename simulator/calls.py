@@ -187,12 +187,6 @@ class CallCenter(Finesse):
         now = self.now()
         return Participant(number, "", state, now, now)
 
-    def signed_in_extension(self, number: str) -> Agent | None:
-        for agent in self.agents.values():
-            if agent.signed_in and agent.login_extension == number:
-                return agent
-        return None
-
     @staticmethod
     def check_variables(variables: dict[str, str]) -> None:
         total = 0
