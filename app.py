@@ -1,0 +1,78 @@
+"""The bridge's Flask app: ``create_app(config)`` and the development command line.
+
+    python app.py [--port 8080] [--config FILE] [--simulator]
+
+Production: ``gunicorn "app:create_app()" -k gthread -w 1 --threads N`` (README).
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import sys
+from typing import Any, Mapping
+
+from flask import Flask, Response, jsonify
+
+from bridge import config as bridge_config
+from bridge import protocol, ws
+from bridge.service import Bridge
+
+
+def create_app(config: Mapping[str, Any] | None = None, *, config_file: str | None = None) -> Flask:
+    """Build the app: defaults < TOML file < CTI_* environment < ``config``."""
+    settings = bridge_config.load(config, file=config_file)
+    app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.config.update(settings)
+    logging.getLogger("bridge").setLevel(settings["LOG_LEVEL"])
+    bridge = Bridge(settings)
+    app.extensions["cti_bridge"] = bridge
+    ws.init_app(app, bridge)
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return jsonify(status="ok", agents=len(bridge.registry), sockets=bridge.sockets,
+                       nodes=[n.url for n in bridge.nodes.nodes])
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(bridge.metrics.render(), mimetype="text/plain; version=0.0.4")
+
+    @app.get("/rpc/openrpc.json")
+    def openrpc() -> Any:
+        return jsonify(protocol.document())
+
+    atexit.register(bridge.close)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python app.py", description="CTI Bridge for Cisco Finesse (development server)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--config", help="TOML settings file (default: bridge.toml if present)")
+    parser.add_argument("--simulator", action="store_true",
+                        help="run a Finesse simulator in this process and point the bridge at it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, Any] = {}
+    if args.simulator:
+        from simulator.config import SimConfig
+        from simulator.server import Simulator
+        simulator = Simulator(SimConfig()).start_in_thread()
+        overrides["FINESSE_NODES"] = [
+            {"url": f"http://127.0.0.1:{n.rest_port}", "xmpp": f"127.0.0.1:{n.xmpp_port}"} for n in simulator.nodes]
+        print(f"Finesse simulator: console http://127.0.0.1:{simulator.primary.rest_port}/sim ; "
+              f"agents 1001..1010, extensions 71001..71010, password {simulator.config.password}", flush=True)
+    try:
+        app = create_app(overrides, config_file=args.config)
+    except bridge_config.ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(f"CTI bridge: http://{args.host}:{args.port}/  (WebSocket at ws://{args.host}:{args.port}/rpc)", flush=True)
+    app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

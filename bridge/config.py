@@ -1,0 +1,119 @@
+"""Settings: built-in defaults < TOML file < ``CTI_*`` environment < the mapping given to create_app.
+
+Keys are upper case (``FINESSE_NODES``); the TOML file writes them in lower case
+(``finesse_nodes``). Environment values are parsed as JSON when they parse, like Flask's
+``from_prefixed_env``. Unknown keys and bad values stop the start with ``ConfigError`` naming the key.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from typing import Any, Mapping
+
+DEFAULTS: dict[str, Any] = {
+    # Finesse
+    "FINESSE_NODES": [],  # [{"url": "https://fin-a:8445", "xmpp": "fin-a:5222"}, ...]
+    "FINESSE_CA_BUNDLE": None,  # a CA file for Finesse's certificates; verification is always on
+    "FINESSE_CONNECT_TIMEOUT": 3.05,
+    "FINESSE_READ_TIMEOUT": 10.0,
+    "XMPP_TLS": "auto",  # auto: STARTTLS, except plain on loopback hosts; starttls; none (loopback only)
+    "XMPP_PING_SECONDS": 10.0,
+    "XMPP_CONNECT_TIMEOUT": 10.0,
+    "XMPP_RECONNECT_MIN_SECONDS": 1.0,
+    "XMPP_RECONNECT_MAX_SECONDS": 30.0,
+    # Browser side
+    "ALLOWED_ORIGINS": [],  # the bridge's own origin is always allowed
+    "SESSION_GRACE_SECONDS": 120.0,
+    "REPLAY_BUFFER_EVENTS": 500,
+    "REPLAY_BUFFER_SECONDS": 120.0,
+    "MAX_MESSAGE_BYTES": 64 * 1024,
+    "MAX_BATCH": 20,
+    "SEND_QUEUE_LIMIT": 1000,  # messages waiting for one socket before it is closed as too slow
+    "WS_PING_SECONDS": 25.0,
+    "MAX_SOCKETS_PER_IP": 200,
+    # Storage and REST API (records, issue 5)
+    "DATABASE_URL": "sqlite:///cti-bridge.db",
+    "API_KEYS": [],
+    # Process
+    "LOG_LEVEL": "INFO",
+}
+
+_NUMBERS = (int, float)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message starts with the key."""
+
+
+def _check(key: str, value: Any) -> Any:
+    default = DEFAULTS[key]
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    elif isinstance(default, _NUMBERS):
+        if isinstance(value, bool) or not isinstance(value, _NUMBERS):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value!r}")
+        value = type(default)(value) if isinstance(default, float) else value
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+    elif default is None or isinstance(default, str):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _validate(config: dict[str, Any]) -> None:
+    for index, node in enumerate(config["FINESSE_NODES"]):
+        if not isinstance(node, dict) or not isinstance(node.get("url"), str):
+            raise ConfigError(f"FINESSE_NODES[{index}]: expected {{\"url\": ..., \"xmpp\": \"host:port\"}}, got {node!r}")
+        unknown = set(node) - {"url", "xmpp"}
+        if unknown:
+            raise ConfigError(f"FINESSE_NODES[{index}]: unknown keys {sorted(unknown)}")
+    if config["XMPP_TLS"] not in ("auto", "starttls", "none"):
+        raise ConfigError(f"XMPP_TLS: expected auto, starttls or none, got {config['XMPP_TLS']!r}")
+    for key in ("ALLOWED_ORIGINS", "API_KEYS"):
+        if not all(isinstance(item, str) for item in config[key]):
+            raise ConfigError(f"{key}: expected a list of strings")
+    if config["MAX_BATCH"] < 1 or config["REPLAY_BUFFER_EVENTS"] < 1:
+        raise ConfigError("MAX_BATCH and REPLAY_BUFFER_EVENTS: must be at least 1")
+
+
+def _apply(config: dict[str, Any], values: Mapping[str, Any], where: str) -> None:
+    for raw_key, value in values.items():
+        key = raw_key.upper()
+        if key not in DEFAULTS:
+            raise ConfigError(f"{key}: unknown setting ({where})")
+        config[key] = _check(key, value)
+
+
+def load(mapping: Mapping[str, Any] | None = None, *, file: str | None = None,
+         environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Build the settings; ``file`` defaults to ``CTI_CONFIG_FILE`` or ``bridge.toml`` if present."""
+    environ = os.environ if environ is None else environ
+    config = dict(DEFAULTS)
+    path = file or environ.get("CTI_CONFIG_FILE") or ("bridge.toml" if os.path.exists("bridge.toml") else None)
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+        # Tables that belong to later parts (screen-pop rules, webhooks) are read by those parts.
+        _apply(config, {k: v for k, v in data.items() if not isinstance(v, dict) or k.upper() in DEFAULTS},
+               f"file {path}")
+    for name, raw in environ.items():
+        if not name.startswith("CTI_") or name == "CTI_CONFIG_FILE":
+            continue
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        _apply(config, {name[4:]: value}, f"environment {name}")
+    if mapping:
+        _apply(config, mapping, "create_app")
+    _validate(config)
+    return config

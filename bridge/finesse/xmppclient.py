@@ -1,0 +1,284 @@
+"""One agent's XMPP notification session, built on slixmpp; ``notify.NotifyHub`` owns and runs them.
+
+Split from notify.py to keep both small; slixmpp is imported here and nowhere else (style.md 2).
+Everything in ``AgentConnection`` except ``close``, ``connected`` and ``ssl_context`` runs in the hub's
+loop thread. The reconnect policy is ``backoff_delay`` and ``AgentConnection._reconnect``: failover
+to the other node (finesse.md 10.6) replaces those two and nothing else.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import ssl
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from slixmpp import JID, ClientXMPP
+from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+from ..errors import BadCredentials, FinesseError, Timeout, Unavailable
+from .model import Update, XmlError, parse_update
+
+if TYPE_CHECKING:
+    from .notify import NotifyHub
+
+log = logging.getLogger("bridge.finesse.notify")
+
+OnUpdate = Callable[[str, Update], None]
+OnState = Callable[[str, str], None]
+
+EVENT = "{http://jabber.org/protocol/pubsub#event}"
+PUBSUB = "{http://jabber.org/protocol/pubsub}"
+MECHANISMS = {"PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256"}  # slixmpp prefers SCRAM where offered
+CLOSE_WAIT = 2.0  # seconds for the server to answer our end of stream before we cut the socket
+
+
+def backoff_delay(attempt: int, low: float, high: float, rand: Callable[[], float] = random.random) -> float:
+    """Seconds before reconnect attempt ``attempt`` (0-based): exponential, full jitter, in [low, high].
+
+    Jitter spreads the reconnects of every agent on a node that went down (finesse.md 10.6).
+    """
+    ceiling = min(high, low * 2 ** min(attempt + 1, 30))
+    return low + (ceiling - low) * rand()
+
+
+class _RedactSasl(logging.Filter):
+    """slixmpp logs every byte it sends at DEBUG; SASL PLAIN carries the password (design.md 9)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+                "xmpp-sasl" in text and ("<auth" in text or "<response" in text)
+                for text in map(str, record.args)):
+            record.args = ("[SASL credentials redacted]",)
+        return True
+
+
+SASL_FILTER = _RedactSasl()
+
+
+class AgentConnection:
+    """One agent's XMPP session: presence, keepalive, pubsub events, reconnects. Built by the hub."""
+
+    def __init__(self, hub: NotifyHub, *, user: str, password: str, host: str, port: int, domain: str,
+                 tls: str, pubsub: str, on_update: OnUpdate, on_state: OnState) -> None:
+        self.hub, self.host, self.port, self.domain, self.pubsub = hub, host, port, domain, pubsub
+        self.jid = f"{user}@{domain}/cti-{secrets.token_hex(6)}"  # unique resource (finesse.md 9.2)
+        self._password, self._tls = password, tls
+        self._on_update, self._on_state = on_update, on_state
+        self._client: ClientXMPP | None = None
+        self._pending: asyncio.Future[None] | None = None  # outcome of the sign-in in progress
+        self._auth_refused = False
+        self._up = False
+        self._closed = False
+        self._finesse = ""
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        """True while the session is up (signed in, presence sent)."""
+        return self._up
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """The context the client uses: the hub's, shared by every connection."""
+        return self._xmpp.ssl_context
+
+    @property
+    def _xmpp(self) -> ClientXMPP:
+        assert self._client is not None, "built in the loop by NotifyHub.connect"
+        return self._client
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send unavailable presence and disconnect, without reconnecting. Thread-safe; idempotent.
+
+        From a callback (the loop thread) it only schedules the close.
+        """
+        if threading.current_thread() is self.hub._thread:
+            self.hub._submit(self._close())
+        else:
+            self.hub._run(self._close(), timeout)
+
+    # -- everything below runs in the hub's loop ---------------------------------------------------
+
+    def _build(self) -> None:
+        client = ClientXMPP(self.jid, self._password, ssl_context=self.hub.ssl_context)
+        client.enable_direct_tls = False
+        client.enable_starttls = self._tls == "starttls"
+        client.enable_plaintext = self._tls == "none"
+        mechanisms = client.plugin["feature_mechanisms"]
+        mechanisms.use_mechs = set(MECHANISMS)
+        # With "starttls" the defaults refuse PLAIN and SCRAM before TLS, so a server that does not
+        # offer STARTTLS never sees the password. "none" is for loopback only (checked by the hub).
+        mechanisms.unencrypted_plain = self._tls == "none"
+        client.register_plugin("xep_0199")  # answers the server's pings; sends ours
+        client.register_handler(Callback("finesse-pubsub", MatchXPath(f"{{jabber:client}}message/{EVENT}event"),
+                                         self._on_message))
+        for event, handler in (("session_start", self._on_session_start), ("failed_auth", self._on_failed_auth),
+                               ("failed_all_auth", self._on_failed_all_auth),
+                               ("connection_failed", self._on_connection_failed),
+                               ("ssl_invalid_chain", self._on_bad_certificate),
+                               ("disconnected", self._on_disconnected), ("presence", self._on_presence)):
+            client.add_event_handler(event, handler)
+        self._client = client
+
+    async def _sign_in(self) -> None:
+        """One connection attempt; raises BadCredentials, Unavailable or Timeout."""
+        client = self._xmpp
+        self._pending = asyncio.get_running_loop().create_future()
+        self._auth_refused = False
+        client.connect(self.host, self.port)  # the address given, no DNS SRV
+        try:
+            await asyncio.wait_for(self._pending, self.hub.connect_timeout)
+        except BaseException as exc:
+            self._pending = None
+            client.cancel_connection_attempt()
+            client.abort()
+            if isinstance(exc, TimeoutError):
+                raise Timeout(f"no XMPP session with {self.host}:{self.port} within "
+                              f"{self.hub.connect_timeout} s") from exc
+            raise
+        self._pending = None
+
+    def _settle(self, error: FinesseError | None) -> None:
+        if self._pending is not None and not self._pending.done():
+            if error is None:
+                self._pending.set_result(None)
+            else:
+                self._pending.set_exception(error)
+
+    def _on_session_start(self, _: Any) -> None:
+        self._xmpp.send_presence()  # Finesse watches it (finesse.md 9.2, 9.8)
+        self._keepalive_task = asyncio.get_running_loop().create_task(self._keepalive(first=True))
+
+    async def _keepalive(self, first: bool = False) -> None:
+        """A ping round trip now (the server has then seen our presence), then one every interval."""
+        ping, interval, domain = self._xmpp.plugin["xep_0199"], self.hub.ping_interval, JID(self.domain)
+        while True:
+            try:
+                await ping.ping(domain, timeout=self.hub.connect_timeout if first else interval)
+            except IqTimeout:
+                log.warning("%s: ping unanswered; dropping the connection", self.jid)
+                self._xmpp.abort()
+                return
+            except IqError:
+                pass  # an error reply is a reply: the stream is alive
+            if first:
+                first, self._up = False, True
+                self._state("xmpp", "connected")
+                self._settle(None)
+            await asyncio.sleep(interval)
+
+    def _on_failed_auth(self, _: Any) -> None:
+        self._auth_refused = True
+
+    def _on_failed_all_auth(self, _: Any) -> None:
+        # Nothing tried means no acceptable mechanism: STARTTLS missing, or the server offers neither.
+        self._settle(BadCredentials() if self._auth_refused else
+                     Unavailable(f"{self.host}:{self.port} offers no acceptable sign-in (is STARTTLS on?)"))
+
+    def _on_connection_failed(self, reason: Any) -> None:
+        self._xmpp.cancel_connection_attempt()  # our policy retries, not slixmpp's
+        self._settle(Unavailable(f"cannot connect to {self.host}:{self.port}: {reason}"))
+
+    def _on_bad_certificate(self, exc: Any) -> None:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            self._settle(Unavailable(f"TLS certificate for {self.domain} not trusted: {exc.verify_message}"))
+        self._settle(Unavailable(f"TLS with {self.host}:{self.port} failed: {exc}"))
+        self._xmpp.abort()
+
+    def _on_disconnected(self, reason: Any) -> None:
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+        was_up, self._up, self._finesse = self._up, False, ""
+        if isinstance(reason, ssl.SSLError):  # the handshake failure usually arrives here first
+            self._on_bad_certificate(reason)
+        self._settle(Unavailable(f"{self.host}:{self.port} closed the connection during sign-in"))
+        if was_up and not self._closed:
+            self._state("xmpp", "disconnected")
+            self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        attempt = 0
+        while not self._closed:
+            self._state("xmpp", "reconnecting")
+            await asyncio.sleep(backoff_delay(attempt, self.hub.reconnect_min, self.hub.reconnect_max))
+            try:
+                await self._sign_in()
+                return
+            except BadCredentials:
+                log.warning("%s: credentials refused on reconnect; giving up", self.jid)
+                self._state("xmpp", "failed")
+                return
+            except FinesseError as exc:
+                log.info("%s: reconnect attempt %d failed: %s", self.jid, attempt + 1, exc.message)
+                attempt += 1
+
+    def _on_presence(self, presence: Any) -> None:
+        if presence["from"].bare.lower() != f"finesse@{self.domain}".lower():
+            return
+        kind = presence["type"]
+        state = "available" if kind == "available" else "unavailable" if kind == "unavailable" else ""
+        if state and state != self._finesse:
+            self._finesse = state
+            self._state("finesse", state)
+
+    def _on_message(self, message: Any) -> None:
+        """Pubsub events only from the pubsub service; hostile payloads are dropped (design.md 9)."""
+        if message["from"].bare.lower() != self.pubsub.lower():
+            log.warning("%s: pubsub event from %s ignored", self.jid, message["from"])
+            return
+        for items in message.xml.iter(f"{EVENT}items"):
+            node = items.get("node", "")
+            for item in items.iter(f"{EVENT}item"):
+                payload = item.findtext(f"{PUBSUB}notification")
+                if payload is None:
+                    continue
+                try:
+                    update = parse_update(payload)
+                except XmlError as exc:  # the reason, never the payload
+                    log.warning("%s: dropped a notification on %s: %.200s", self.jid, node, exc)
+                    continue
+                if self._closed:
+                    return
+                try:
+                    self._on_update(node, update)
+                except Exception:
+                    log.exception("%s: on_update raised", self.jid)
+
+    def _state(self, kind: str, state: str) -> None:
+        if self._closed:
+            return
+        try:
+            self._on_state(kind, state)
+        except Exception:
+            log.exception("%s: on_state(%r, %r) raised", self.jid, kind, state)
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.hub._forget(self)
+        for task in (self._keepalive_task, self._reconnect_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        client = self._client
+        if client is None:
+            return
+        if client.transport is not None:
+            gone = client.disconnected
+            if self._up:
+                client.send_presence(ptype="unavailable")
+            client.disconnect(wait=CLOSE_WAIT)
+            try:
+                await asyncio.wait_for(gone, CLOSE_WAIT + 1)
+            except TimeoutError:
+                client.abort()
+        client.cancel_connection_attempt()
+        if client._run_out_filters is not None:  # slixmpp's send task holds the client forever
+            client._run_out_filters.cancel()
+        self._up = False

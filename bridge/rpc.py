@@ -1,0 +1,236 @@
+"""The JSON-RPC methods (the only module that imports jsonrpcserver).
+
+``handle(text, context) -> text`` is the whole interface: the WebSocket loop passes each message
+and sends back what it returns (nothing for notifications). Methods are plain functions taking
+the per-connection context; the agent always comes from the session, never from params.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable, Protocol
+
+from jsonrpcserver import Error, InvalidParams, Success, dispatch_to_response
+from jsonrpcserver.response import ErrorResponse, Response, to_serializable_one
+from jsonrpcserver.sentinels import NODATA
+
+from . import protocol
+from .errors import BridgeError, InvalidParams as InvalidParamsError, NotSignedIn
+from .finesse.model import VERB_ACTIONS
+from .sessions import AgentSession, Socket
+
+log = logging.getLogger("bridge.rpc")
+SPEC_CODES = (-32700, -32600, -32601)  # answered exactly as the specification's examples show
+
+
+class Context(Protocol):
+    """What a method sees of its connection (``ws.Connection`` provides it)."""
+
+    bridge: Any
+    session: AgentSession | None
+
+    @property
+    def socket(self) -> Socket: ...
+
+    def after_reply(self, fn: Callable[[], None]) -> None: ...
+
+
+def _session(ctx: Context) -> AgentSession:
+    session = ctx.session
+    if session is None or session.closed:
+        raise NotSignedIn()
+    return session
+
+
+# -- session ---------------------------------------------------------------------------------------
+
+def session_login(ctx: Context, **params: Any) -> dict[str, Any]:
+    if ctx.session is not None and not ctx.session.closed:
+        ctx.session.detach(ctx.socket)
+    result = ctx.bridge.sign_in(ctx.socket, **params)
+    ctx.session = ctx.bridge.registry.by_token(result["resumeToken"])
+    return dict(result)
+
+
+def session_resume(ctx: Context, *, resumeToken: str, lastSeq: int) -> None:
+    """Answered by ``handle`` from inside the session lock (the reply, then the missed events)."""
+    raise InvalidParamsError("session.resume must be sent on its own, not in a batch")
+
+
+def session_logout(ctx: Context, reasonCodeId: str | int | None = None) -> dict[str, Any]:
+    session = _session(ctx)
+    ctx.bridge.sign_out(session, None if reasonCodeId is None else str(reasonCodeId))
+    ctx.after_reply(lambda: ctx.bridge.workers.submit(ctx.bridge.finish, session, "logout", True))
+    return {}
+
+
+def session_ping(ctx: Context) -> dict[str, Any]:
+    from .calls import iso_now
+    return {"at": iso_now()}
+
+
+# -- agent -----------------------------------------------------------------------------------------
+
+def agent_get(ctx: Context) -> dict[str, Any]:
+    return _session(ctx).agent.to_json()
+
+
+def agent_set_state(ctx: Context, *, state: str, reasonCodeId: str | int | None = None) -> dict[str, Any]:
+    session = _session(ctx)
+    session.backend.rest.set_state(session.agent.id, state, None if reasonCodeId is None else str(reasonCodeId))
+    return {}
+
+
+def agent_reason_codes(ctx: Context, *, category: str) -> list[dict[str, Any]]:
+    session = _session(ctx)
+    return [rc.to_json() for rc in session.backend.rest.reason_codes(session.agent.id, category)]
+
+
+def agent_wrap_up_reasons(ctx: Context) -> list[dict[str, Any]]:
+    session = _session(ctx)
+    return list(session.backend.rest.wrap_up_reasons(session.agent.id))
+
+
+# -- calls -----------------------------------------------------------------------------------------
+
+def call_list(ctx: Context) -> list[dict[str, Any]]:
+    session = _session(ctx)
+    with session.lock:
+        return session.calls.as_json()
+
+
+def call_make(ctx: Context, *, to: str, variables: dict[str, str] | None = None) -> dict[str, Any]:
+    session = _session(ctx)
+    session.backend.rest.make_call(session.agent.id, session.extension, to, variables or None)
+    return {}
+
+
+def _action(verb: str, **extra: Any) -> Callable[..., dict[str, Any]]:
+    def method(ctx: Context, *, callId: str, **params: Any) -> dict[str, Any]:
+        session = _session(ctx)
+        session.call(callId)  # 4004 unless the call is this agent's
+        kwargs = {key: params[name] for name, key in extra.items() if name in params}
+        session.backend.rest.dialog_action(callId, VERB_ACTIONS[verb], session.extension, **kwargs)
+        return {}
+    method.__name__ = f"call_{verb}"
+    return method
+
+
+def rpc_discover(ctx: Context) -> dict[str, Any]:
+    return protocol.document()
+
+
+METHODS: dict[str, Callable[..., Any]] = {
+    "session.login": session_login,
+    "session.resume": session_resume,
+    "session.logout": session_logout,
+    "session.ping": session_ping,
+    "agent.get": agent_get,
+    "agent.setState": agent_set_state,
+    "agent.reasonCodes": agent_reason_codes,
+    "agent.wrapUpReasons": agent_wrap_up_reasons,
+    "call.list": call_list,
+    "call.make": call_make,
+    "call.answer": _action("answer"),
+    "call.hold": _action("hold"),
+    "call.retrieve": _action("retrieve"),
+    "call.end": _action("end"),
+    "call.consult": _action("consult", to="to_address"),
+    "call.transfer": _action("transfer"),
+    "call.conference": _action("conference"),
+    "call.blindTransfer": _action("blindTransfer", to="to_address"),
+    "call.sendDigits": _action("sendDigits", digits="digits"),
+    "call.updateVariables": _action("updateVariables", variables="variables"),
+    "call.setWrapUp": _action("setWrapUp", reason="wrap_up_reason"),
+    "rpc.discover": rpc_discover,
+}
+"""Every method; a test keeps this equal to openrpc.json."""
+
+NOTIFICATIONS = ("agent.stateChanged", "agent.error", "call.ringing", "call.dialing", "call.answered",
+                 "call.updated", "call.ended", "call.screenPop", "call.error", "connection.changed",
+                 "session.ended")
+"""Every notification the bridge sends; a test keeps this equal to openrpc.json."""
+
+
+# -- dispatch --------------------------------------------------------------------------------------
+
+def _wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def method(ctx: Context, *args: Any, **params: Any) -> Any:
+        if args:
+            return InvalidParams("params must be an object (by name)")
+        try:
+            protocol.validate_params(name, params)
+        except Exception as exc:  # jsonschema.ValidationError: say which param and why
+            return InvalidParams(getattr(exc, "message", str(exc)))
+        started = time.perf_counter()
+        try:
+            return Success(fn(ctx, **params))
+        except BridgeError as exc:
+            ctx.bridge.metrics.finesse_errors.labels(str(exc.code)).inc()
+            return Error(exc.code, exc.message, exc.data if exc.data is not None else NODATA)
+        except Exception:
+            log.exception("method %s failed", name)
+            return Error(-32603, "Internal error")
+        finally:
+            ctx.bridge.metrics.rpc_latency.labels(name).observe(time.perf_counter() - started)
+    return method
+
+
+_WRAPPED = {name: _wrap(name, fn) for name, fn in METHODS.items()}
+
+
+def _serialise(response: Response) -> dict[str, Any]:
+    body: dict[str, Any] = dict(to_serializable_one(response))  # type: ignore[arg-type]
+    error = body.get("error")
+    if isinstance(error, dict) and error.get("code") in SPEC_CODES:
+        error.pop("data", None)
+    return body
+
+
+def _error(code: int, message: str) -> str:
+    return json.dumps({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": None})
+
+
+def handle(text: str, ctx: Context, max_batch: int = 20) -> str:
+    """One WebSocket message in, the reply text out ("" when nothing is owed)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return _error(-32700, "Parse error")
+    if isinstance(data, list) and len(data) > max_batch:
+        return _error(-32600, "Invalid Request")
+    if isinstance(data, dict) and data.get("method") == "session.resume" and "id" in data \
+            and data.get("jsonrpc") == "2.0":
+        return _resume(data, ctx)
+    responses = dispatch_to_response(text, _WRAPPED, context=ctx, deserializer=lambda _: data)
+    if responses is None:
+        return ""
+    if isinstance(responses, list):
+        return json.dumps([_serialise(r) for r in responses]) if responses else ""
+    return json.dumps(_serialise(responses))
+
+
+def _resume(data: dict[str, Any], ctx: Context) -> str:
+    """session.resume: the reply and the replayed events must leave in order, under the session lock."""
+    request_id = data.get("id")
+    params = data.get("params")
+    try:
+        if not isinstance(params, dict):
+            raise InvalidParamsError("params must be an object (by name)")
+        try:
+            protocol.validate_params("session.resume", params)
+        except Exception as exc:
+            raise InvalidParamsError(getattr(exc, "message", str(exc))) from None
+
+        def reply(result: dict[str, Any]) -> str:
+            return json.dumps({"jsonrpc": "2.0", "result": result, "id": request_id})
+        if ctx.session is not None and not ctx.session.closed:
+            ctx.session.detach(ctx.socket)
+        ctx.session = ctx.bridge.resume(ctx.socket, params["resumeToken"], params["lastSeq"], reply)
+        return ""  # already sent, in order, by the session
+    except BridgeError as exc:
+        return json.dumps({"jsonrpc": "2.0", "error": exc.to_json(), "id": request_id})
+
+
+__all__ = ["METHODS", "NOTIFICATIONS", "handle", "ErrorResponse"]

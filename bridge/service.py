@@ -1,0 +1,245 @@
+"""The bridge's long-lived parts in one place, and the sign-in, resume and sign-out flows.
+
+Sign-in (design.md section 3): SystemInfo picks an IN_SERVICE node -> GET User checks the
+credentials (and resolves a loginName) -> PUT LOGIN with the extension -> XMPP connect with
+presence -> GET User and Dialogs -> a snapshot and a resume token for the browser.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from .metrics import Metrics
+from .errors import BadCredentials, InvalidParams, NotSignedIn
+from .finesse.model import Agent, Call, Update
+from .finesse.notify import AgentConnection, NotifyHub
+from .finesse.rest import FinesseNodes, FinesseRest, NodeAddress
+from .sessions import AgentSession, SessionRegistry, Socket
+
+log = logging.getLogger("bridge")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class FinesseLink:
+    """One agent's Finesse side: its REST client and its XMPP connection."""
+
+    def __init__(self, rest: FinesseRest, agent_id: str, extension: str) -> None:
+        self.rest, self.agent_id, self.extension = rest, agent_id, extension
+        self.xmpp: AgentConnection | None = None
+
+    def get_user(self) -> Agent:
+        return self.rest.get_user(self.agent_id)
+
+    def get_calls(self) -> list[Call]:
+        return self.rest.get_dialogs(self.agent_id, self.extension)
+
+    def close(self) -> None:
+        try:
+            if self.xmpp is not None:
+                self.xmpp.close()
+        finally:
+            self.rest.close()
+
+
+class Bridge:
+    """Config, Finesse nodes, the XMPP hub, the sessions; created unbound, attached by the app."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.nodes = FinesseNodes([NodeAddress.from_config(n) for n in config["FINESSE_NODES"]])
+        self.registry = SessionRegistry()
+        self._hub: NotifyHub | None = None
+        self._hub_lock = threading.Lock()
+        self.workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge-work")
+        self.sockets = 0  # connected WebSockets, kept by ws.py
+        self.metrics = Metrics(self._gauges)
+
+    def _gauges(self) -> dict[str, float]:
+        hub = self._hub
+        return {"cti_signed_in_agents": len(self.registry), "cti_sockets": self.sockets,
+                "cti_xmpp_clients": hub.client_count() if hub is not None else 0}
+
+    @property
+    def hub(self) -> NotifyHub:
+        """Started on first use: nothing connects at import or app creation."""
+        with self._hub_lock:
+            if self._hub is None:
+                c = self.config
+                self._hub = NotifyHub(ca_bundle=c["FINESSE_CA_BUNDLE"], ping_interval=c["XMPP_PING_SECONDS"],
+                                      connect_timeout=c["XMPP_CONNECT_TIMEOUT"],
+                                      reconnect_min=c["XMPP_RECONNECT_MIN_SECONDS"],
+                                      reconnect_max=c["XMPP_RECONNECT_MAX_SECONDS"])
+                self._hub.start()
+            return self._hub
+
+    def close(self) -> None:
+        for session in self.registry.all():
+            self.finish(session, "shutdown", sign_out_xmpp=True)
+        with self._hub_lock:
+            if self._hub is not None:
+                self._hub.stop()
+                self._hub = None
+        self.workers.shutdown(wait=False, cancel_futures=True)
+
+    def _rest(self, user: str, password: str | None, token: str | None) -> FinesseRest:
+        c = self.config
+        return FinesseRest(self.nodes, user, password or "", ca_bundle=c["FINESSE_CA_BUNDLE"],
+                           timeout=(c["FINESSE_CONNECT_TIMEOUT"], c["FINESSE_READ_TIMEOUT"]), token=token)
+
+    def _tls(self, host: str) -> str:
+        mode = self.config["XMPP_TLS"]
+        if mode == "auto":
+            return "none" if _loopback(host) else "starttls"
+        return str(mode)
+
+    # -- sign-in -----------------------------------------------------------------------------
+
+    def sign_in(self, socket: Socket, *, extension: str, agentId: str | None = None, loginName: str | None = None,
+                password: str | None = None, token: str | None = None) -> dict[str, Any]:
+        if bool(agentId) == bool(loginName):
+            raise InvalidParams("Give exactly one of agentId and loginName")
+        if bool(password) == bool(token):
+            raise InvalidParams("Give exactly one of password and token")
+        if not extension:
+            raise InvalidParams("extension is required")
+        key = str(agentId or loginName)
+        secret = str(password or token)
+        with self.registry.login_lock(key.lower()):
+            session = self.registry.get(key) if agentId else None
+            if session is None and loginName:
+                session = next((s for s in self.registry.all()
+                                if s.agent.loginName.lower() == key.lower()), None)
+            if session is not None:
+                return self._join(session, socket, secret, extension, token is not None)
+            return self._new_session(socket, key, password, token, extension)
+
+    def _join(self, session: AgentSession, socket: Socket, secret: str, extension: str, is_token: bool) -> dict[str, Any]:
+        """Another tab of a signed-in agent shares its session and its XMPP connection."""
+        if not session.same_password(secret):
+            # The password may have changed in Finesse: let Finesse decide, once.
+            with self._rest(session.agent.id, None if is_token else secret, secret if is_token else None) as rest:
+                rest.get_user(session.agent.id)
+        if extension != session.extension:
+            raise InvalidParams(f"Agent is signed in on extension {session.extension}")
+        session.attach(socket)
+        self.metrics.logins.labels("joined").inc()
+        return self._login_result(session)
+
+    def _new_session(self, socket: Socket, key: str, password: str | None, token: str | None,
+                     extension: str) -> dict[str, Any]:
+        rest = self._rest(key, password, token)
+        try:
+            info = rest.system_info()
+            user = rest.get_user(key)  # checks the credentials; resolves a loginName to its id
+            rest.sign_in(user.id, extension)
+        except BadCredentials:
+            self.metrics.logins.labels("rejected").inc()
+            raise
+        secret = password or token or ""
+        session = AgentSession(
+            user, password_check=lambda given: hmac.compare_digest(given.encode(), secret.encode()),
+            replay_events=self.config["REPLAY_BUFFER_EVENTS"], replay_seconds=self.config["REPLAY_BUFFER_SECONDS"],
+            grace_seconds=self.config["SESSION_GRACE_SECONDS"], on_expire=self.expire)
+        session.extension = extension
+        session.calls.extension = extension
+        link = FinesseLink(rest, user.id, extension)
+        session.backend = link
+        node = self.nodes.current()
+        link.xmpp = self.hub.connect(
+            user=user.id, password=secret, host=node.xmpp_host, port=node.xmpp_port, domain=info.xmppDomain,
+            tls=self._tls(node.xmpp_host), on_update=self._updates_for(session),
+            on_state=self._states_for(session, info.xmppDomain))
+        try:
+            agent, calls = link.get_user(), link.get_calls()
+        except Exception:
+            link.close()
+            raise
+        with session.lock:
+            session.agent = agent
+            for call in calls:  # the starting point: no notifications for what the snapshot shows
+                session.calls.update(call, "PUT")
+        self.registry.add(session)
+        session.attach(socket)
+        self.metrics.logins.labels("new").inc()
+        log.info("agent %s signed in on extension %s", user.id, extension)
+        return self._login_result(session)
+
+    def _login_result(self, session: AgentSession) -> dict[str, Any]:
+        snap = session.snapshot()
+        return {"sessionId": session.id, "resumeToken": self.registry.issue_token(session),
+                "agent": snap["agent"], "calls": snap["calls"], "seq": snap["seq"]}
+
+    def _updates_for(self, session: AgentSession) -> Callable[..., None]:
+        def on_update(*args: Any) -> None:
+            update: Update = args[-1]
+            session.on_update(update)
+            self.metrics.finesse_events.labels(update.kind).inc()
+            if update.kind == "user" and update.user is not None and update.user.state == "LOGOUT" \
+                    and not getattr(session, "signing_out", False):
+                self.workers.submit(self.finish, session, "logged_out", True)
+        return on_update
+
+    def _states_for(self, session: AgentSession, domain: str) -> Callable[[str, str], None]:
+        def on_state(kind: str, state: str) -> None:
+            if kind == "xmpp":
+                if state == "connected" and session.connection_state in ("reconnecting", "disconnected"):
+                    session.set_connection("connected", domain)
+                    self.workers.submit(self._resync, session)
+                elif state in ("disconnected", "reconnecting"):
+                    session.set_connection("reconnecting", domain)
+            elif kind == "finesse":
+                session.set_connection("connected" if state == "available" else "degraded", domain)
+        return on_state
+
+    def _resync(self, session: AgentSession) -> None:
+        backend = session.backend
+        if backend is None or session.closed:
+            return
+        try:
+            session.resync(backend.get_user(), backend.get_calls())
+        except Exception as exc:  # logged; the next reconnect tries again
+            log.warning("agent %s: re-sync after reconnect failed: %s", session.agent.id, type(exc).__name__)
+
+    # -- resume and sign-out -----------------------------------------------------------------
+
+    def resume(self, socket: Socket, token: str, last_seq: int, reply: Callable[[dict[str, Any]], str]) -> AgentSession:
+        session = self.registry.by_token(token)
+        if session is None:
+            raise NotSignedIn("Session expired; sign in again")
+        new_token = self.registry.issue_token(session, old=token)
+        session.resume(socket, last_seq, lambda body: reply({"resumeToken": new_token, **body}))
+        return session
+
+    def sign_out(self, session: AgentSession, reason_code_id: str | None) -> None:
+        backend: FinesseLink = session.backend
+        session.signing_out = True  # type: ignore[attr-defined]
+        try:
+            backend.rest.sign_out(session.agent.id, reason_code_id)
+        except Exception:
+            session.signing_out = False  # type: ignore[attr-defined]
+            raise
+
+    def expire(self, session: AgentSession) -> None:
+        self.finish(session, "expired", sign_out_xmpp=True)
+
+    def finish(self, session: AgentSession, reason: str, sign_out_xmpp: bool = True) -> None:
+        """End a session: tell the tabs, drop it from the registry, let go of XMPP."""
+        self.registry.remove(session)
+        session.end(reason)
+        if sign_out_xmpp and session.backend is not None:
+            try:
+                session.backend.close()
+            except Exception as exc:
+                log.warning("agent %s: closing XMPP failed: %s", session.agent.id, type(exc).__name__)

@@ -1,0 +1,254 @@
+"""One AgentSession per signed-in agent, and the registry that owns them.
+
+A session holds the agent's Finesse REST client and XMPP connection, its current agent and calls,
+a per-agent sequence number on every notification, a replay buffer for resumes, and the sockets
+(browser tabs) attached to it. Events arrive on the XMPP thread and leave through each socket's
+own send queue, so a slow browser never blocks the XMPP loop.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Protocol
+
+from .calls import CallTracker, iso_now
+from .errors import NoSuchCall
+from .finesse import model
+from .finesse.model import Agent, Call, Update
+
+log = logging.getLogger("bridge.sessions")
+
+
+class Socket(Protocol):
+    """What a session needs of a connected browser socket (see ``ws.Connection``)."""
+
+    id: str
+
+    def send(self, text: str) -> bool: ...  # enqueue without blocking; False if the socket is gone
+
+    def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+class Backend(Protocol):
+    """The Finesse side of a session: REST calls and the XMPP connection (see ``rpc.FinesseLink``)."""
+
+    def get_user(self) -> Agent: ...
+
+    def get_calls(self) -> list[Call]: ...
+
+    def close(self) -> None: ...
+
+
+class AgentSession:
+    """Everything the bridge knows and holds for one signed-in agent."""
+
+    def __init__(self, agent: Agent, *, password_check: Callable[[str], bool], replay_events: int,
+                 replay_seconds: float, grace_seconds: float, on_expire: Callable[["AgentSession"], None]) -> None:
+        self.id = secrets.token_hex(8)
+        self.agent = agent
+        self.extension = agent.extension
+        self.calls = CallTracker(agent.id, agent.extension)
+        self.backend: Any = None  # set once the Finesse side is connected
+        self._password_check = password_check
+        self.lock = threading.RLock()
+        self.seq = 0
+        self._buffer: deque[tuple[int, float, str]] = deque()
+        self._replay_events, self._replay_seconds = replay_events, replay_seconds
+        self._grace = grace_seconds
+        self._on_expire = on_expire
+        self.sockets: dict[str, Socket] = {}
+        self._timer: threading.Timer | None = None
+        self.closed = False
+        self.connection_state = "connected"
+
+    # -- identity ----------------------------------------------------------------------------
+
+    def same_password(self, password: str) -> bool:
+        return self._password_check(password)
+
+    # -- sockets -----------------------------------------------------------------------------
+
+    def attach(self, socket: Socket) -> None:
+        with self.lock:
+            self.sockets[socket.id] = socket
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def detach(self, socket: Socket) -> None:
+        with self.lock:
+            if self.sockets.pop(socket.id, None) is None or self.sockets or self.closed:
+                return
+            # The last tab went away: keep Finesse (and the agent's presence) for a grace period.
+            self._timer = threading.Timer(self._grace, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        with self.lock:
+            if self.sockets or self.closed:
+                return
+        log.info("agent %s: no socket for %.0f s, closing the session", self.agent.id, self._grace)
+        self._on_expire(self)
+
+    # -- notifications -----------------------------------------------------------------------
+
+    def emit(self, method: str, params: dict[str, Any]) -> None:
+        """Stamp, buffer and fan out one notification; never blocks."""
+        with self.lock:
+            self.seq += 1
+            body = {"seq": self.seq, "at": iso_now(), **params}
+            text = json.dumps({"jsonrpc": "2.0", "method": method, "params": body}, separators=(",", ":"))
+            now = time.monotonic()
+            self._buffer.append((self.seq, now, text))
+            while len(self._buffer) > self._replay_events or (
+                    self._buffer and now - self._buffer[0][1] > self._replay_seconds):
+                self._buffer.popleft()
+            for socket in list(self.sockets.values()):
+                socket.send(text)
+
+    def resume(self, socket: Socket, last_seq: int, reply: Callable[[dict[str, Any]], str]) -> None:
+        """Attach ``socket`` and send the reply then the missed events, or a snapshot if too old.
+
+        Under the session lock, so no live event can slip between the reply and the replay.
+        """
+        with self.lock:
+            now = time.monotonic()
+            missed = [text for seq, at, text in self._buffer if seq > last_seq]
+            oldest = self._buffer[0][0] if self._buffer else self.seq + 1
+            fresh = all(now - at <= self._replay_seconds for seq, at, _ in self._buffer if seq > last_seq)
+            covered = last_seq <= self.seq and (last_seq + 1 >= oldest or last_seq == self.seq) and fresh
+            if covered:
+                socket.send(reply({"replayed": len(missed)}))
+                for text in missed:
+                    socket.send(text)
+            else:
+                socket.send(reply({"snapshot": self.snapshot()}))
+            self.attach(socket)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {"agent": self.agent.to_json(), "calls": self.calls.as_json(), "seq": self.seq}
+
+    # -- Finesse events (called on the XMPP thread: must not block) --------------------------
+
+    def on_update(self, update: Update) -> None:
+        with self.lock:
+            if update.kind == "user" and update.user is not None:
+                self._set_agent(update.user)
+            elif update.kind in ("dialog", "dialogs"):
+                for doc in update.dialogs:
+                    call = model.parse_call(doc, self.extension)
+                    for method, params in self.calls.update(call, update.event):
+                        self.emit(method, params)
+            elif update.kind == "apierrors" and update.errors:
+                first = update.errors[0]
+                data = {"errorType": first.errorType, "errorMessage": first.message, "errorData": first.data}
+                if "/Dialog/" in update.source:
+                    call_id = update.source.rsplit("/", 1)[-1]
+                    self.emit("call.error", {"callId": call_id, "code": 4090, "message": first.message or first.errorType,
+                                             "data": data})
+                else:
+                    self.emit("agent.error", {"code": 4090, "message": first.message or first.errorType, "data": data})
+            elif update.kind == "systeminfo" and update.system is not None:
+                state = "connected" if update.system.status == "IN_SERVICE" else "degraded"
+                self.set_connection(state, update.system.xmppDomain)
+
+    def _set_agent(self, agent: Agent) -> None:
+        if not agent.id:
+            return
+        changed = agent.to_json() != self.agent.to_json()
+        self.agent = agent
+        if changed:
+            self.emit("agent.stateChanged", {"agent": agent.to_json()})
+
+    def set_connection(self, state: str, node: str = "") -> None:
+        with self.lock:
+            if state != self.connection_state:
+                self.connection_state = state
+                self.emit("connection.changed", {"state": state, "node": node})
+
+    def resync(self, agent: Agent, calls: list[Call]) -> None:
+        """After the XMPP connection came back: Finesse's state is the truth; send the differences."""
+        with self.lock:
+            self._set_agent(agent)
+            for method, params in self.calls.reconcile(calls):
+                self.emit(method, params)
+
+    def call(self, call_id: str) -> Call:
+        """A call of this agent's, or NoSuchCall: whatever the params say, never another agent's."""
+        with self.lock:
+            call = self.calls.get(call_id) if isinstance(call_id, str) else None
+        if call is None:
+            raise NoSuchCall(f"No call {call_id!r} for this agent")
+        return call
+
+    def end(self, reason: str) -> None:
+        """Tell every tab the session is over and let go of Finesse (XMPP) and the sockets."""
+        with self.lock:
+            if self.closed:
+                return
+            self.emit("session.ended", {"reason": reason})
+            self.closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+            sockets = list(self.sockets.values())
+            self.sockets.clear()
+        for socket in sockets:
+            socket.close(1000, reason)
+
+
+class SessionRegistry:
+    """All sessions of this process, by agent id and by resume token; its own lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_agent: dict[str, AgentSession] = {}
+        self._tokens: dict[str, AgentSession] = {}
+        self._login_locks: dict[str, threading.Lock] = {}
+
+    def login_lock(self, agent_key: str) -> threading.Lock:
+        """Serialises sign-ins of one agent, so two tabs signing in at once make one session."""
+        with self._lock:
+            return self._login_locks.setdefault(agent_key, threading.Lock())
+
+    def get(self, agent_id: str) -> AgentSession | None:
+        with self._lock:
+            session = self._by_agent.get(agent_id)
+            return session if session is not None and not session.closed else None
+
+    def add(self, session: AgentSession) -> None:
+        with self._lock:
+            self._by_agent[session.agent.id] = session
+
+    def remove(self, session: AgentSession) -> None:
+        with self._lock:
+            if self._by_agent.get(session.agent.id) is session:
+                del self._by_agent[session.agent.id]
+            for token in [t for t, s in self._tokens.items() if s is session]:
+                del self._tokens[token]
+
+    def issue_token(self, session: AgentSession, old: str | None = None) -> str:
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            if old is not None:
+                self._tokens.pop(old, None)
+            self._tokens[token] = session
+        return token
+
+    def by_token(self, token: str) -> AgentSession | None:
+        with self._lock:
+            session = self._tokens.get(token)
+            return session if session is not None and not session.closed else None
+
+    def all(self) -> list[AgentSession]:
+        with self._lock:
+            return list(self._by_agent.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_agent)
