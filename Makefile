@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Debian packages the tests use: Prosody for the XMPP interoperability test.
+DEBIAN_PACKAGES := prosody
 
-.PHONY: demo test typecheck unit bench-simulator clean
+.PHONY: demo test typecheck unit debian-deps bench-simulator bench-bridge clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,9 +14,18 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-# Until the bridge exists, the demo is the simulator alone: a Finesse pair on localhost.
+# Installs only what is missing; needs root (CI runs as root).
+debian-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install -y$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# The bridge with a Finesse simulator in the same process, on localhost.
 demo: $(STAMP)
-	$(PY) -m simulator
+	$(PY) app.py --simulator
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
@@ -22,12 +33,15 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest
 
-test: $(STAMP)
+test: $(STAMP) debian-deps
 	$(PY) -m mypy
 	$(PY) -m pytest
 
 bench-simulator: $(STAMP)
 	$(PY) bench/simulator_load.py
+
+bench-bridge: $(STAMP)
+	$(PY) bench/bridge_load.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache
