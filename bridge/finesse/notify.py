@@ -142,7 +142,7 @@ class NotifyHub:
             self._connections.discard(conn)
 
     def _submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
-        if self._loop is None or not self._loop.is_running():
+        if self._loop is None or self._loop.is_closed():
             coro.close()
             raise RuntimeError("NotifyHub is not running (call start())")
         return asyncio.run_coroutine_threadsafe(coro, self._loop)

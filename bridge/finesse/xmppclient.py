@@ -1,6 +1,6 @@
 """One agent's XMPP notification session, built on slixmpp; ``notify.NotifyHub`` owns and runs them.
 
-Split from notify.py to keep both small; slixmpp is imported here and nowhere else (style.md 2).
+Split from notify.py to keep both small; no other bridge module imports slixmpp (style.md 2).
 Everything in ``AgentConnection`` except ``close``, ``connected`` and ``ssl_context`` runs in the hub's
 loop thread. The reconnect policy is ``backoff_delay`` and ``AgentConnection._reconnect``: failover
 to the other node (finesse.md 10.6) replaces those two and nothing else.
@@ -33,7 +33,7 @@ OnState = Callable[[str, str], None]
 
 EVENT = "{http://jabber.org/protocol/pubsub#event}"
 PUBSUB = "{http://jabber.org/protocol/pubsub}"
-MECHANISMS = {"PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256"}  # slixmpp prefers SCRAM where offered
+MECHANISMS = frozenset({"PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256"})  # slixmpp prefers SCRAM where offered
 CLOSE_WAIT = 2.0  # seconds for the server to answer our end of stream before we cut the socket
 
 
@@ -110,6 +110,7 @@ class AgentConnection:
         client.enable_direct_tls = False
         client.enable_starttls = self._tls == "starttls"
         client.enable_plaintext = self._tls == "none"
+        client.max_redirects = -1  # no see-other-host: where and when to reconnect is our policy's call
         mechanisms = client.plugin["feature_mechanisms"]
         mechanisms.use_mechs = set(MECHANISMS)
         # With "starttls" the defaults refuse PLAIN and SCRAM before TLS, so a server that does not

@@ -15,11 +15,13 @@ import pytest
 import requests
 
 from bridge.errors import BadCredentials, Timeout, Unavailable
+from bridge.finesse.model import Agent as UserModel
 from bridge.finesse.model import Update
 from bridge.finesse.notify import AgentConnection, NotifyHub, backoff_delay
 from simulator.config import SimConfig
-from simulator.server import Simulator
+from simulator.server import Node, Simulator
 from simulator.tls import make_certificate
+from simulator.xmpp import XmppServer
 
 PASSWORD = "notify-pass"
 WAIT = 5.0
@@ -58,7 +60,7 @@ class Agent:
     def publish(self, payload: str, node: str | None = None) -> None:
         """Publish a raw ``<Update>`` text through the simulator, as Finesse would."""
         node = node or f"/finesse/api/User/{self.user}"
-        self.sim.call(lambda: self.node.xmpp.publish(node, payload, [self.user]))
+        self.sim.call(lambda: xmpp(self.node).publish(node, payload, [self.user]))
 
     def next_update(self, timeout: float = WAIT) -> tuple[str, Update]:
         try:
@@ -74,6 +76,11 @@ class Agent:
                 return update
             seen.append((node, update.kind, update.event))
 
+    def wait_user(self, timeout: float = WAIT) -> UserModel:
+        update = self.wait_update(lambda u: u.kind == "user", timeout)
+        assert update.user is not None
+        return update.user
+
     def wait_state(self, kind: str, state: str, timeout: float = WAIT) -> list[tuple[str, str]]:
         """Every state reported up to and including (kind, state)."""
         seen: list[tuple[str, str]] = []
@@ -84,6 +91,12 @@ class Agent:
                 raise AssertionError(f"{self.user}: no {kind} {state} within {timeout} s; saw {seen}") from None
             if seen[-1] == (kind, state):
                 return seen
+
+
+def xmpp(node: Node) -> XmppServer:
+    """A node's XMPP endpoint; call its methods in the simulator's loop (``sim.call``)."""
+    assert node.xmpp is not None
+    return node.xmpp
 
 
 def control(sim: Simulator, path: str, body: Any) -> None:
@@ -205,7 +218,7 @@ def test_starttls_with_the_simulator_certificate_as_ca(tls_sim: Simulator) -> No
         conn = agent.connect(notify, tls="starttls")
         assert conn.connected and conn.ssl_context is notify.ssl_context
         agent.login()
-        assert agent.wait_update(lambda u: u.kind == "user").user.state == "NOT_READY"  # type: ignore[union-attr]
+        assert agent.wait_user().state == "NOT_READY"
     finally:
         notify.stop()
 
@@ -294,16 +307,16 @@ def test_xmpp_down_then_up_reconnects_and_notifications_flow_again(sim: Simulato
     agent.wait_state("xmpp", "connected")
     assert conn.connected and hub.client_count() == 1
     agent.login()
-    assert agent.wait_update(lambda u: u.kind == "user").user.state == "NOT_READY"  # type: ignore[union-attr]
+    assert agent.wait_user().state == "NOT_READY"
 
 
 def test_close_sends_unavailable_and_leaves_no_client(sim: Simulator, hub: NotifyHub) -> None:
     agent = Agent(sim)
     conn = agent.connect(hub)
-    assert sim.call(lambda: sim.primary.xmpp.users()) == {"1001"}
+    assert sim.call(lambda: xmpp(sim.primary).users()) == {"1001"}
     conn.close()
     assert hub.client_count() == 0 and not conn.connected
-    assert sim.call(lambda: (sim.primary.xmpp.users(), sim.primary.xmpp.session_count())) == (set(), 0)
+    assert sim.call(lambda: (xmpp(sim.primary).users(), xmpp(sim.primary).session_count())) == (set(), 0)
     conn.close()  # idempotent
     states = [agent.states.get_nowait() for _ in range(agent.states.qsize())]
     assert ("xmpp", "disconnected") not in states  # closing is not a drop: no report, no reconnect
@@ -345,7 +358,7 @@ def test_stop_closes_every_connection(sim: Simulator) -> None:
         Agent(sim, user).connect(notify)
     notify.stop()
     assert notify.client_count() == 0
-    assert sim.call(lambda: sim.primary.xmpp.session_count()) == 0
+    assert sim.call(lambda: xmpp(sim.primary).session_count()) == 0
 
 
 def test_backoff_grows_with_jitter_inside_its_bounds() -> None:

@@ -144,9 +144,16 @@ class Publisher:
         client.plugin["feature_mechanisms"].unencrypted_plain = True
         client.register_plugin("xep_0060")
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        client.add_event_handler("session_start", lambda _: started.done() or started.set_result(None))
-        client.add_event_handler("failed_all_auth", lambda _: started.done() or started.set_exception(
-            AssertionError("publisher sign-in refused")))
+
+        def settle(error: BaseException | None) -> None:
+            if started.done():
+                return
+            if error is None:
+                started.set_result(None)
+            else:
+                started.set_exception(error)
+        client.add_event_handler("session_start", lambda _: settle(None))
+        client.add_event_handler("failed_all_auth", lambda _: settle(AssertionError("publisher sign-in refused")))
         self.client = client
         client.connect("127.0.0.1", self.port)
         await started
