@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
-import re
-import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -25,39 +21,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-HOST = "127.0.0.1"
-PASSWORD = "bench-pass"
-ITEM = re.compile(rb'<item id="(\d+)-\d+"')
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port_pair() -> int:
-    """A port P with P+1 free too (the secondary node listens on +1)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket() as s2:
-                s2.bind((HOST, port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from common import HOST, ITEM, PASSWORD, RawAgent as _RawAgent, basic, cpu_seconds, free_port_pair, percentile, rss_mb
 
 
 @dataclass
@@ -68,79 +32,18 @@ class Stats:
     errors: list[str] = field(default_factory=list)
 
 
-class RawAgent:
-    """A deliberately small XMPP client: PLAIN, bind, presence, then count pubsub items."""
+class RawAgent(_RawAgent):
+    """common.RawAgent counting every pubsub item and its delivery latency into ``stats``."""
 
     def __init__(self, user: str, port: int, domain: str, stats: Stats) -> None:
-        self.user, self.port, self.domain, self.stats = user, port, domain, stats
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.task: asyncio.Task[None] | None = None
+        super().__init__(user, port, domain, self._count)
+        self.stats = stats
 
-    def _header(self) -> bytes:
-        return (f"<?xml version='1.0'?><stream:stream to='{self.domain}' xmlns='jabber:client' "
-                "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>").encode()
-
-    async def _until(self, marker: bytes, buf: bytes = b"") -> bytes:
-        assert self.reader is not None
-        while marker not in buf:
-            chunk = await self.reader.read(65536)
-            if not chunk:
-                raise ConnectionError(f"{self.user}: closed while waiting for {marker!r}")
-            buf += chunk
-        return buf
-
-    async def connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
-        self.writer.write(self._header())
-        await self._until(b"</stream:features>")
-        token = base64.b64encode(f"\0{self.user}\0{PASSWORD}".encode()).decode()
-        self.writer.write(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>".encode())
-        if b"<success" not in await self._until(b"xmpp-sasl"):
-            raise ConnectionError(f"{self.user}: authentication failed")
-        self.writer.write(self._header())
-        await self._until(b"</stream:features>")
-        self.writer.write(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
-                          b"<resource>bench</resource></bind></iq>")
-        await self._until(b"</iq>")
-        self.writer.write(b"<presence/>")
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.reader is not None
-        buf = b""
-        while True:
-            chunk = await self.reader.read(65536)
-            if not chunk:
-                return
-            now_us = time.time_ns() // 1000
-            buf += chunk
-            end = buf.rfind(b"</message>")
-            if end < 0:
-                continue
-            done, buf = buf[:end], buf[end + 10:]
-            for match in ITEM.finditer(done):
-                if self.stats.measuring:
-                    self.stats.received += 1
-                    self.stats.latencies_us.append(now_us - int(match.group(1)))
-
-    async def close(self) -> None:
-        if self.task:
-            self.task.cancel()
-        if self.writer:
-            self.writer.close()
-
-
-def basic(user: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-def percentile(values: list[int], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000
+    def _count(self, now_us: int, done: bytes) -> None:
+        for match in ITEM.finditer(done):
+            if self.stats.measuring:
+                self.stats.received += 1
+                self.stats.latencies_us.append(now_us - int(match.group(1)))
 
 
 async def run(args: argparse.Namespace) -> int:
