@@ -24,7 +24,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, config_file: str | No
     settings = bridge_config.load(config, file=config_file)
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(settings)
-    logging.getLogger("bridge").setLevel(settings["LOG_LEVEL"])
+    if settings["LOG_LEVEL"]:
+        logging.getLogger("bridge").setLevel(settings["LOG_LEVEL"].upper())
     bridge = Bridge(settings)
     app.extensions["cti_bridge"] = bridge
     ws.init_app(app, bridge)

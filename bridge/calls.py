@@ -116,8 +116,12 @@ class CallTracker:
                                else self.now())
         return call
 
-    def _end(self, call: Call, removed: bool) -> list[Notification]:
-        """The agent's part is over: one ``call.ended`` with the record, never two."""
+    def _end(self, call: Call, removed: bool, stale: bool = False) -> list[Notification]:
+        """The agent's part is over: one ``call.ended`` with the record, never two.
+
+        ``stale``: the call vanished while we were not listening (a re-sync), so its participants
+        are the last ones we saw, not the ones at its end; they say nothing about a transfer.
+        """
         self.calls.pop(call.id, None)
         if call.id in self._ended:
             return []
@@ -125,7 +129,7 @@ class CallTracker:
         while len(self._ended) > 1000:
             self._ended.pop(next(iter(self._ended)))
         others = [p for p in call.participants if p.address != self.extension and p.state in ("active", "held")]
-        transferred = bool(others) and call.dialogState not in ("DROPPED", "FAILED")
+        transferred = bool(others) and call.dialogState not in ("DROPPED", "FAILED") and not stale
         if call.state not in ("ended", "failed"):
             call.state = "ended"
         if not call.endedAt:
@@ -142,5 +146,5 @@ class CallTracker:
             seen.add(call.id)
             notes += self.update(call, "PUT")
         for gone in [c for cid, c in self.calls.items() if cid not in seen]:
-            notes += self._end(gone, removed=True)
+            notes += self._end(gone, removed=True, stale=True)
         return notes

@@ -36,10 +36,13 @@ DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": "sqlite:///cti-bridge.db",
     "API_KEYS": [],
     # Process
-    "LOG_LEVEL": "INFO",
+    # The "bridge" logger's level (DEBUG, INFO, ...); None leaves logging as the process set it up
+    # (python app.py: INFO). create_app must not change a process-wide logger on every call.
+    "LOG_LEVEL": None,
 }
 
 _NUMBERS = (int, float)
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -67,6 +70,8 @@ def _check(key: str, value: Any) -> Any:
 
 
 def _validate(config: dict[str, Any]) -> None:
+    if not config["FINESSE_NODES"]:
+        raise ConfigError('FINESSE_NODES: at least one node is required, e.g. [{"url": "https://fin-a:8445"}]')
     for index, node in enumerate(config["FINESSE_NODES"]):
         if not isinstance(node, dict) or not isinstance(node.get("url"), str):
             raise ConfigError(f"FINESSE_NODES[{index}]: expected {{\"url\": ..., \"xmpp\": \"host:port\"}}, got {node!r}")
@@ -78,6 +83,8 @@ def _validate(config: dict[str, Any]) -> None:
     for key in ("ALLOWED_ORIGINS", "API_KEYS"):
         if not all(isinstance(item, str) for item in config[key]):
             raise ConfigError(f"{key}: expected a list of strings")
+    if config["LOG_LEVEL"] is not None and config["LOG_LEVEL"].upper() not in _LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL: expected one of {', '.join(_LOG_LEVELS)}, got {config['LOG_LEVEL']!r}")
     if config["MAX_BATCH"] < 1 or config["REPLAY_BUFFER_EVENTS"] < 1:
         raise ConfigError("MAX_BATCH and REPLAY_BUFFER_EVENTS: must be at least 1")
 

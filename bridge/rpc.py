@@ -6,12 +6,13 @@ the per-connection context; the agent always comes from the session, never from 
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
-from jsonrpcserver import Error, InvalidParams, Success, dispatch_to_response
+from jsonrpcserver import Error, Success, dispatch_to_response
 from jsonrpcserver.response import ErrorResponse, Response, to_serializable_one
 from jsonrpcserver.sentinels import NODATA
 
@@ -155,14 +156,48 @@ NOTIFICATIONS = ("agent.stateChanged", "agent.error", "call.ringing", "call.dial
 
 # -- dispatch --------------------------------------------------------------------------------------
 
+@functools.cache
+def _sensitive() -> frozenset[str]:
+    """Params marked ``x-sensitive`` in openrpc.json (password, token, resumeToken)."""
+    return frozenset(p["name"] for m in protocol.document()["methods"] for p in m["params"] if p.get("x-sensitive"))
+
+
+def _leaves(value: Any) -> Iterator[str]:
+    """The repr of every scalar inside ``value`` (keys included), as jsonschema quotes them."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield repr(key)
+            yield from _leaves(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _leaves(item)
+    elif value is not None:
+        yield repr(value)
+
+
+def _params_problem(method: str, params: dict[str, Any], exc: Exception) -> str:
+    """What is wrong with ``params``, naming the param, never repeating a credential whatever its shape."""
+    message = getattr(exc, "message", None) or "Invalid params"
+    secrets = [leaf for name in _sensitive() if name in params for leaf in _leaves(params[name])]
+    if any(secret in message for secret in secrets):
+        path = ".".join(str(part) for part in getattr(exc, "path", ())) or "params"
+        return f"{method} params: invalid value at {path}"
+    return message
+
+
+def _invalid_params(detail: str) -> Any:
+    """-32602 with the reason (naming the param) as the message."""
+    return Error(-32602, detail)
+
+
 def _wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     def method(ctx: Context, *args: Any, **params: Any) -> Any:
         if args:
-            return InvalidParams("params must be an object (by name)")
+            return _invalid_params("params must be an object (by name), not an array")
         try:
             protocol.validate_params(name, params)
         except Exception as exc:  # jsonschema.ValidationError: say which param and why
-            return InvalidParams(getattr(exc, "message", str(exc)))
+            return _invalid_params(_params_problem(name, params, exc))
         started = time.perf_counter()
         try:
             return Success(fn(ctx, **params))
@@ -179,49 +214,79 @@ def _wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 _WRAPPED = {name: _wrap(name, fn) for name, fn in METHODS.items()}
 
+_SPEC_MESSAGES = {-32700: "Parse error", -32600: "Invalid Request", -32601: "Method not found"}
+"""The specification's own wording (jsonrpcserver says "Invalid request")."""
+
 
 def _serialise(response: Response) -> dict[str, Any]:
     body: dict[str, Any] = dict(to_serializable_one(response))  # type: ignore[arg-type]
     error = body.get("error")
-    if isinstance(error, dict) and error.get("code") in SPEC_CODES:
-        error.pop("data", None)
+    if isinstance(error, dict):
+        code = error.get("code")
+        if code in SPEC_CODES:  # exactly as the specification's examples: no data
+            body["error"] = {"code": code, "message": _SPEC_MESSAGES[code]}
+        elif code == -32603 or (isinstance(code, int) and -32099 <= code <= -32000):
+            # jsonrpcserver's own failures carry the exception text as data: never send it.
+            body["error"] = {"code": -32603, "message": "Internal error"}
     return body
 
 
-def _error(code: int, message: str) -> str:
-    return json.dumps({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": None})
+def _error(code: int, message: str, data: Any = None) -> str:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return json.dumps({"jsonrpc": "2.0", "error": error, "id": None})
+
+
+def _dispatch_one(item: Any, ctx: Context) -> dict[str, Any] | None:
+    """One request object (already parsed): its response, or None for a notification."""
+    response = dispatch_to_response("", _WRAPPED, context=ctx, deserializer=lambda _: item)
+    if response is None:
+        return None
+    return _serialise(response)
+
+
+def _is_resume(data: Any) -> bool:
+    return (isinstance(data, dict) and data.get("jsonrpc") == "2.0" and data.get("method") == "session.resume"
+            and "id" in data and (data["id"] is None or isinstance(data["id"], str)
+                                  or (isinstance(data["id"], int) and not isinstance(data["id"], bool))))
 
 
 def handle(text: str, ctx: Context, max_batch: int = 20) -> str:
     """One WebSocket message in, the reply text out ("" when nothing is owed)."""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
         return _error(-32700, "Parse error")
-    if isinstance(data, list) and len(data) > max_batch:
-        return _error(-32600, "Invalid Request")
-    if isinstance(data, dict) and data.get("method") == "session.resume" and "id" in data \
-            and data.get("jsonrpc") == "2.0":
-        return _resume(data, ctx)
-    responses = dispatch_to_response(text, _WRAPPED, context=ctx, deserializer=lambda _: data)
-    if responses is None:
-        return ""
-    if isinstance(responses, list):
-        return json.dumps([_serialise(r) for r in responses]) if responses else ""
-    return json.dumps(_serialise(responses))
+    try:
+        if isinstance(data, list):
+            if not data:
+                return _error(-32600, "Invalid Request")
+            if len(data) > max_batch:
+                return _error(-32600, "Invalid Request", f"a batch holds at most {max_batch} requests")
+            # Each element on its own (JSON-RPC 2.0 section 6): an invalid one gets its own error.
+            replies = [reply for reply in (_dispatch_one(item, ctx) for item in data) if reply is not None]
+            return json.dumps(replies) if replies else ""
+        if _is_resume(data):
+            return _resume(data, ctx)
+        reply = _dispatch_one(data, ctx)
+        return "" if reply is None else json.dumps(reply)
+    except Exception:  # a bug of ours: answer, keep the socket, never send the exception text
+        log.exception("handling a message failed")
+        return _error(-32603, "Internal error")
 
 
 def _resume(data: dict[str, Any], ctx: Context) -> str:
     """session.resume: the reply and the replayed events must leave in order, under the session lock."""
     request_id = data.get("id")
-    params = data.get("params")
+    params = data.get("params", {})
     try:
         if not isinstance(params, dict):
             raise InvalidParamsError("params must be an object (by name)")
         try:
             protocol.validate_params("session.resume", params)
         except Exception as exc:
-            raise InvalidParamsError(getattr(exc, "message", str(exc))) from None
+            raise InvalidParamsError(_params_problem("session.resume", params, exc)) from None
 
         def reply(result: dict[str, Any]) -> str:
             return json.dumps({"jsonrpc": "2.0", "result": result, "id": request_id})
@@ -231,6 +296,10 @@ def _resume(data: dict[str, Any], ctx: Context) -> str:
         return ""  # already sent, in order, by the session
     except BridgeError as exc:
         return json.dumps({"jsonrpc": "2.0", "error": exc.to_json(), "id": request_id})
+    except Exception:
+        log.exception("session.resume failed")
+        return json.dumps({"jsonrpc": "2.0", "error": {"code": -32603, "message": "Internal error"},
+                           "id": request_id})
 
 
 __all__ = ["METHODS", "NOTIFICATIONS", "handle", "ErrorResponse"]

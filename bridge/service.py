@@ -186,21 +186,44 @@ class Bridge:
             update: Update = args[-1]
             session.on_update(update)
             self.metrics.finesse_events.labels(update.kind).inc()
-            if update.kind == "user" and update.user is not None and update.user.state == "LOGOUT" \
-                    and not getattr(session, "signing_out", False):
-                self.workers.submit(self.finish, session, "logged_out", True)
+            if update.kind == "user" and update.user is not None:
+                self._end_if_logged_out(session, update.user)
         return on_update
 
+    def _end_if_logged_out(self, session: AgentSession, agent: Agent) -> None:
+        """Finesse signed the agent out (another desktop, a supervisor, lost presence): end the session."""
+        if agent.state == "LOGOUT" and not getattr(session, "signing_out", False) and not session.closed:
+            self.workers.submit(self.finish, session, "logged_out", True)
+
     def _states_for(self, session: AgentSession, domain: str) -> Callable[[str, str], None]:
+        """XMPP and Finesse-presence states -> ``connection.changed``, and a re-sync after each reconnect.
+
+        After a reconnect the ``finesse`` user's presence arrives before the XMPP connection reports
+        itself connected (that waits for a ping round trip), so the link state is kept here rather
+        than read back from the session's reported state: the re-sync must not be skipped.
+        """
+        link = {"down": False, "finesse": "available"}
+
+        def reported() -> str:
+            return "connected" if link["finesse"] == "available" else "degraded"
+
         def on_state(kind: str, state: str) -> None:
             if kind == "xmpp":
-                if state == "connected" and session.connection_state in ("reconnecting", "disconnected"):
-                    session.set_connection("connected", domain)
-                    self.workers.submit(self._resync, session)
+                if state == "connected":
+                    if link["down"]:
+                        link["down"] = False
+                        session.set_connection(reported(), domain)
+                        self.workers.submit(self._resync, session)
                 elif state in ("disconnected", "reconnecting"):
+                    link["down"] = True
                     session.set_connection("reconnecting", domain)
+                elif state == "failed":  # credentials refused on reconnect: no more attempts
+                    link["down"] = True
+                    session.set_connection("disconnected", domain)
             elif kind == "finesse":
-                session.set_connection("connected" if state == "available" else "degraded", domain)
+                link["finesse"] = state
+                if not link["down"]:
+                    session.set_connection(reported(), domain)
         return on_state
 
     def _resync(self, session: AgentSession) -> None:
@@ -208,9 +231,13 @@ class Bridge:
         if backend is None or session.closed:
             return
         try:
-            session.resync(backend.get_user(), backend.get_calls())
+            agent = backend.get_user()
+            calls = [] if agent.state == "LOGOUT" else backend.get_calls()
+            session.resync(agent, calls)
         except Exception as exc:  # logged; the next reconnect tries again
             log.warning("agent %s: re-sync after reconnect failed: %s", session.agent.id, type(exc).__name__)
+            return
+        self._end_if_logged_out(session, agent)
 
     # -- resume and sign-out -----------------------------------------------------------------
 

@@ -142,7 +142,11 @@ class AgentSession:
                 self._set_agent(update.user)
             elif update.kind in ("dialog", "dialogs"):
                 for doc in update.dialogs:
-                    call = model.parse_call(doc, self.extension)
+                    try:
+                        call = model.parse_call(doc, self.extension)
+                    except model.XmlError as exc:  # logged and dropped; the other dialogs go on
+                        log.warning("agent %s: dropped a dialog from Finesse: %s", self.agent.id, exc)
+                        continue
                     for method, params in self.calls.update(call, update.event):
                         self.emit(method, params)
             elif update.kind == "apierrors" and update.errors:

@@ -7,6 +7,7 @@ document goes through defusedxml with a size limit before anything else looks at
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 from xml.etree.ElementTree import Element
@@ -18,6 +19,8 @@ MAX_DOCUMENT_BYTES = 256 * 1024
 
 AGENT_STATES = ("LOGOUT", "NOT_READY", "READY", "RESERVED", "TALKING", "HOLD", "WORK", "WORK_READY", "UNKNOWN")
 SETTABLE_STATES = ("READY", "NOT_READY", "WORK", "WORK_READY")
+DIALOG_STATES = ("INITIATING", "INITIATED", "ALERTING", "ACTIVE", "DROPPED", "FAILED", "ACCEPTED")
+DIALOG_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 # Finesse participant action -> our verbs (a call's ``actions``).
 ACTION_VERBS: dict[str, tuple[str, ...]] = {
@@ -186,13 +189,23 @@ def children(parent: Element | None, name: str) -> list[Element]:
 
 
 def normalise_time(value: str) -> str:
-    """Finesse timestamps (ISO 8601, or epoch milliseconds in some releases) to ISO 8601 UTC."""
+    """Finesse timestamps (ISO 8601, or epoch milliseconds in some releases) to ISO 8601 UTC.
+
+    Anything else becomes "" rather than reaching a client.
+    """
     if not value:
         return ""
-    if value.isdigit():
-        moment = datetime.datetime.fromtimestamp(int(value) / 1000, datetime.timezone.utc)
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return value
+    try:
+        if value.isdigit():
+            moment = datetime.datetime.fromtimestamp(int(value) / 1000, datetime.timezone.utc)
+        else:
+            moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=datetime.timezone.utc)
+            moment = moment.astimezone(datetime.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return ""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- documents ------------------------------------------------------------------------------------
@@ -295,6 +308,11 @@ def parse_call(doc: Element, extension: str) -> Call:
         if party.address == extension and mine is None:
             mine = party
     dialog_state = text(doc, "state").upper()
+    if dialog_state not in DIALOG_STATES:
+        raise XmlError(f"Dialog with an unknown state {dialog_state[:20]!r}")
+    dialog_id = text(doc, "id") or text(doc, "uri").rsplit("/", 1)[-1]
+    if not DIALOG_ID.match(dialog_id):
+        raise XmlError("Dialog without a usable id")
     from_address, to_address = text(doc, "fromAddress"), text(doc, "toAddress")
     call_type = text(media, "callType").upper()
     if from_address == extension:
@@ -309,7 +327,7 @@ def parse_call(doc: Element, extension: str) -> Call:
     starts = sorted(p.startedAt for p in participants if p.startedAt)
     assoc = text(doc, "associatedDialogUri")
     return Call(
-        id=text(doc, "id") or text(doc, "uri").rsplit("/", 1)[-1], direction=direction,
+        id=dialog_id, direction=direction,
         state=call_state(mine.state if mine else "DROPPED", dialog_state), dialogState=dialog_state,
         from_=from_address, to=to_address, ani=from_address if direction == "inbound" else "",
         dnis=text(media, "DNIS"), callType=call_type,
