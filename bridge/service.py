@@ -151,7 +151,8 @@ class Bridge:
         session = AgentSession(
             user, password_check=lambda given: hmac.compare_digest(given.encode(), secret.encode()),
             replay_events=self.config["REPLAY_BUFFER_EVENTS"], replay_seconds=self.config["REPLAY_BUFFER_SECONDS"],
-            grace_seconds=self.config["SESSION_GRACE_SECONDS"], on_expire=self.expire)
+            grace_seconds=self.config["SESSION_GRACE_SECONDS"], on_expire=self.expire,
+            on_emit=lambda method: self.metrics.notifications.labels(method).inc())
         session.extension = extension
         session.calls.extension = extension
         link = FinesseLink(rest, user.id, extension)

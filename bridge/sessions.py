@@ -47,7 +47,8 @@ class AgentSession:
     """Everything the bridge knows and holds for one signed-in agent."""
 
     def __init__(self, agent: Agent, *, password_check: Callable[[str], bool], replay_events: int,
-                 replay_seconds: float, grace_seconds: float, on_expire: Callable[["AgentSession"], None]) -> None:
+                 replay_seconds: float, grace_seconds: float, on_expire: Callable[["AgentSession"], None],
+                 on_emit: Callable[[str], None] | None = None) -> None:
         self.id = secrets.token_hex(8)
         self.agent = agent
         self.extension = agent.extension
@@ -60,6 +61,7 @@ class AgentSession:
         self._replay_events, self._replay_seconds = replay_events, replay_seconds
         self._grace = grace_seconds
         self._on_expire = on_expire
+        self._on_emit = on_emit
         self.sockets: dict[str, Socket] = {}
         self._timer: threading.Timer | None = None
         self.closed = False
@@ -110,6 +112,8 @@ class AgentSession:
                 self._buffer.popleft()
             for socket in list(self.sockets.values()):
                 socket.send(text)
+        if self._on_emit is not None:
+            self._on_emit(method)
 
     def resume(self, socket: Socket, last_seq: int, reply: Callable[[dict[str, Any]], str]) -> None:
         """Attach ``socket`` and send the reply then the missed events, or a snapshot if too old.

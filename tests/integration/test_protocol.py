@@ -471,8 +471,10 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_healthz_and_metrics_with_two_agents(stack):
-    stack.agent("1001")
+    first = stack.agent("1001")
     stack.agent("1002")
+    first.call("agent.setState", state="READY")
+    first.wait_for("agent.stateChanged", lambda p: p["agent"]["state"] == "READY")
     health = requests.get(stack.base + "/healthz", timeout=5)
     assert health.status_code == 200 and health.headers["Content-Type"] == "application/json"
     body = health.json()
@@ -488,6 +490,8 @@ def test_healthz_and_metrics_with_two_agents(stack):
     assert values[("cti_xmpp_clients", ())] == 2
     assert values[("cti_rpc_seconds_count", (("method", "session.login"),))] == 2
     assert values[("cti_logins_total", (("result", "new"),))] == 2
+    assert values[("cti_notifications_total", (("method", "agent.stateChanged"),))] >= 1
+    assert values[("cti_finesse_events_total", (("kind", "user"),))] >= 1
 
 
 def test_create_app_leaves_process_logging_alone_unless_told():
