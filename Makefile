@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Debian packages the tests use: Prosody for the XMPP interoperability test.
-DEBIAN_PACKAGES := prosody
+# Debian packages the tests use: Prosody (XMPP interoperability), Chromium and its driver (browser tests).
+DEBIAN_PACKAGES := prosody chromium chromium-driver
 
 .PHONY: demo test typecheck unit debian-deps bench-simulator bench-bridge clean
 
