@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from flask import Flask, Response, jsonify
 
 from bridge import config as bridge_config
-from bridge import protocol, ws
+from bridge import api, demo, protocol, ws
 from bridge.service import Bridge
 
 
@@ -29,6 +29,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, config_file: str | No
     bridge = Bridge(settings)
     app.extensions["cti_bridge"] = bridge
     ws.init_app(app, bridge)
+    demo.init_app(app, bridge)
+    api.init_app(app, bridge)
 
     @app.get("/healthz")
     def healthz() -> Any:
@@ -47,6 +49,18 @@ def create_app(config: Mapping[str, Any] | None = None, *, config_file: str | No
     return app
 
 
+def _demo_screenpop(overrides: Mapping[str, Any], config_file: str | None, base: str) -> dict[str, Any]:
+    """With ``--simulator`` and no rules configured: pop the demo CRM's contact page on ringing."""
+    if "SCREENPOP" not in bridge_config.DEFAULTS:  # the screen-pop engine (bridge/screenpop.py) is not there
+        return {}
+    configured = bridge_config.load(overrides, file=config_file).get("SCREENPOP") or {}
+    if configured.get("rules") if isinstance(configured, dict) else configured:
+        return {}  # the admin's rules win
+    return {"SCREENPOP": {"rules": [{
+        "name": "Demo CRM contact", "on": "ringing", "match": "all", "when": [],
+        "url": f"{base}/demo/contact?number={{ani}}", "method": "GET", "target": "callback"}]}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python app.py", description="CTI Bridge for Cisco Finesse (development server)")
     parser.add_argument("--port", type=int, default=8080)
@@ -57,20 +71,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, Any] = {}
+    browser_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    base = f"http://{browser_host}:{args.port}"
+    sign_in = ""
     if args.simulator:
         from simulator.config import SimConfig
         from simulator.server import Simulator
         simulator = Simulator(SimConfig()).start_in_thread()
         overrides["FINESSE_NODES"] = [
             {"url": f"http://127.0.0.1:{n.rest_port}", "xmpp": f"127.0.0.1:{n.xmpp_port}"} for n in simulator.nodes]
-        print(f"Finesse simulator: console http://127.0.0.1:{simulator.primary.rest_port}/sim ; "
-              f"agents 1001..1010, extensions 71001..71010, password {simulator.config.password}", flush=True)
+        overrides["DEMO_SIMULATOR_CONSOLE"] = f"http://127.0.0.1:{simulator.primary.rest_port}/sim"
+        sign_in = (f"agent 1001, password {simulator.config.password}, extension 71001"
+                   "  (agents 1001..1010 on extensions 71001..71010)")
     try:
+        if args.simulator:
+            overrides.update(_demo_screenpop(overrides, args.config, base))
         app = create_app(overrides, config_file=args.config)
     except bridge_config.ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    print(f"CTI bridge: http://{args.host}:{args.port}/  (WebSocket at ws://{args.host}:{args.port}/rpc)", flush=True)
+    rule = "=" * 78
+    lines = [rule, f"  Demo CRM    {base}/demo"]
+    if sign_in:
+        lines += [f"  Sign in     {sign_in}",
+                  f"  Simulator   {overrides['DEMO_SIMULATOR_CONSOLE']}  (ring an agent, hang up as the caller)"]
+    lines += [f"  Bridge      {base}/  (WebSocket ws://{browser_host}:{args.port}/rpc)", rule]
+    print("\n".join(lines), flush=True)
     app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
     return 0
 

@@ -35,6 +35,11 @@ DEFAULTS: dict[str, Any] = {
     # Storage and REST API (records, issue 5)
     "DATABASE_URL": "sqlite:///cti-bridge.db",
     "API_KEYS": [],
+    # Screen pop (bridge/screenpop.py, docs/screenpop.md): {"rules": [...]}, the TOML [[screenpop.rules]]
+    "SCREENPOP": {},
+    "SCREENPOP_RELOAD_SECONDS": 2.0,  # how often, at most, the config file's mtime is checked for new rules
+    # The demo CRM at /demo: a link to the simulator's console (python app.py --simulator sets it)
+    "DEMO_SIMULATOR_CONSOLE": None,
     # Process
     # The "bridge" logger's level (DEBUG, INFO, ...); None leaves logging as the process set it up
     # (python app.py: INFO). create_app must not change a process-wide logger on every call.
@@ -63,6 +68,9 @@ def _check(key: str, value: Any) -> Any:
     elif isinstance(default, list):
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
+    elif isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
     elif default is None or isinstance(default, str):
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -89,12 +97,13 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError("MAX_BATCH and REPLAY_BUFFER_EVENTS: must be at least 1")
 
 
-def _apply(config: dict[str, Any], values: Mapping[str, Any], where: str) -> None:
+def _apply(config: dict[str, Any], values: Mapping[str, Any], where: str, origin: dict[str, str]) -> None:
     for raw_key, value in values.items():
         key = raw_key.upper()
         if key not in DEFAULTS:
             raise ConfigError(f"{key}: unknown setting ({where})")
         config[key] = _check(key, value)
+        origin[key] = where
 
 
 def load(mapping: Mapping[str, Any] | None = None, *, file: str | None = None,
@@ -102,6 +111,7 @@ def load(mapping: Mapping[str, Any] | None = None, *, file: str | None = None,
     """Build the settings; ``file`` defaults to ``CTI_CONFIG_FILE`` or ``bridge.toml`` if present."""
     environ = os.environ if environ is None else environ
     config = dict(DEFAULTS)
+    origin: dict[str, str] = {}  # key -> the source that set it last
     path = file or environ.get("CTI_CONFIG_FILE") or ("bridge.toml" if os.path.exists("bridge.toml") else None)
     if path:
         try:
@@ -109,9 +119,9 @@ def load(mapping: Mapping[str, Any] | None = None, *, file: str | None = None,
                 data = tomllib.load(handle)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
-        # Tables that belong to later parts (screen-pop rules, webhooks) are read by those parts.
+        # Tables that belong to later parts (webhooks) are read by those parts; [screenpop] is a setting.
         _apply(config, {k: v for k, v in data.items() if not isinstance(v, dict) or k.upper() in DEFAULTS},
-               f"file {path}")
+               f"file {path}", origin)
     for name, raw in environ.items():
         if not name.startswith("CTI_") or name == "CTI_CONFIG_FILE":
             continue
@@ -119,8 +129,12 @@ def load(mapping: Mapping[str, Any] | None = None, *, file: str | None = None,
             value: Any = json.loads(raw)
         except ValueError:
             value = raw
-        _apply(config, {name[4:]: value}, f"environment {name}")
+        _apply(config, {name[4:]: value}, f"environment {name}", origin)
     if mapping:
-        _apply(config, mapping, "create_app")
+        _apply(config, mapping, "create_app", origin)
     _validate(config)
+    # Derived, not a setting: the file whose [screenpop] table is re-read when it changes (the
+    # rules reload without a restart), unless SCREENPOP came from the environment or create_app.
+    from_file = origin.get("SCREENPOP", f"file {path}") == f"file {path}"
+    config["SCREENPOP_FILE"] = path if path and from_file and os.path.isfile(path) else None
     return config

@@ -7,7 +7,6 @@ presence -> GET User and Dialogs -> a snapshot and a resume token for the browse
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -15,21 +14,15 @@ from typing import Any, Callable
 
 from .metrics import Metrics
 from .errors import BadCredentials, InvalidParams, NotSignedIn
-from .finesse.model import Agent, Call, Update
+from .finesse.model import Agent, Call, Update, is_loopback
 from .finesse.notify import AgentConnection, NotifyHub
 from .finesse.rest import FinesseNodes, FinesseRest, NodeAddress
+from .screenpop import ScreenPop
 from .sessions import AgentSession, SessionRegistry, Socket
 
 log = logging.getLogger("bridge")
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class FinesseLink:
@@ -60,6 +53,7 @@ class Bridge:
         self.config = config
         self.nodes = FinesseNodes([NodeAddress.from_config(n) for n in config["FINESSE_NODES"]])
         self.registry = SessionRegistry()
+        self.screenpop = ScreenPop.from_config(config)  # checks the rules: ConfigError at start
         self._hub: NotifyHub | None = None
         self._hub_lock = threading.Lock()
         self.workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge-work")
@@ -101,7 +95,7 @@ class Bridge:
     def _tls(self, host: str) -> str:
         mode = self.config["XMPP_TLS"]
         if mode == "auto":
-            return "none" if _loopback(host) else "starttls"
+            return "none" if is_loopback(host) else "starttls"
         return str(mode)
 
     # -- sign-in -----------------------------------------------------------------------------
@@ -152,7 +146,7 @@ class Bridge:
             user, password_check=lambda given: hmac.compare_digest(given.encode(), secret.encode()),
             replay_events=self.config["REPLAY_BUFFER_EVENTS"], replay_seconds=self.config["REPLAY_BUFFER_SECONDS"],
             grace_seconds=self.config["SESSION_GRACE_SECONDS"], on_expire=self.expire,
-            on_emit=lambda method: self.metrics.notifications.labels(method).inc())
+            on_emit=lambda method: self.metrics.notifications.labels(method).inc(), screenpop=self.screenpop.pop)
         session.extension = extension
         session.calls.extension = extension
         link = FinesseLink(rest, user.id, extension)

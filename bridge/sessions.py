@@ -22,6 +22,12 @@ from .finesse.model import Agent, Call, Update
 
 log = logging.getLogger("bridge.sessions")
 
+# Call notifications that are screen-pop triggers (design.md section 7).
+POP_TRIGGERS = {"call.ringing": "ringing", "call.dialing": "dialing", "call.answered": "answered",
+                "call.ended": "ended"}
+# (trigger, call JSON, agent JSON) -> call.screenPop params or None; see screenpop.ScreenPop.pop.
+ScreenPopper = Callable[[str, dict[str, Any], dict[str, Any]], dict[str, Any] | None]
+
 
 class Socket(Protocol):
     """What a session needs of a connected browser socket (see ``ws.Connection``)."""
@@ -48,7 +54,7 @@ class AgentSession:
 
     def __init__(self, agent: Agent, *, password_check: Callable[[str], bool], replay_events: int,
                  replay_seconds: float, grace_seconds: float, on_expire: Callable[["AgentSession"], None],
-                 on_emit: Callable[[str], None] | None = None) -> None:
+                 on_emit: Callable[[str], None] | None = None, screenpop: ScreenPopper | None = None) -> None:
         self.id = secrets.token_hex(8)
         self.agent = agent
         self.extension = agent.extension
@@ -62,6 +68,8 @@ class AgentSession:
         self._grace = grace_seconds
         self._on_expire = on_expire
         self._on_emit = on_emit
+        self._screenpop = screenpop
+        self._popped: dict[tuple[str, str], None] = {}  # (callId, trigger) that popped (bounded)
         self.sockets: dict[str, Socket] = {}
         self._timer: threading.Timer | None = None
         self.closed = False
@@ -152,7 +160,7 @@ class AgentSession:
                         log.warning("agent %s: dropped a dialog from Finesse: %s", self.agent.id, exc)
                         continue
                     for method, params in self.calls.update(call, update.event):
-                        self.emit(method, params)
+                        self._emit_call(method, params)
             elif update.kind == "apierrors" and update.errors:
                 first = update.errors[0]
                 data = {"errorType": first.errorType, "errorMessage": first.message, "errorData": first.data}
@@ -174,6 +182,28 @@ class AgentSession:
         if changed:
             self.emit("agent.stateChanged", {"agent": agent.to_json()})
 
+    def _emit_call(self, method: str, params: dict[str, Any]) -> None:
+        """A call notification, then its screen pop if a rule matches: once per call and trigger,
+        whatever the tabs, reloads and resumes (they share this session and its replay buffer)."""
+        self.emit(method, params)
+        trigger = POP_TRIGGERS.get(method)
+        if trigger is None or self._screenpop is None:
+            return
+        key = (str(params["call"]["id"]), trigger)
+        if key in self._popped:
+            return
+        agent = {**self.agent.to_json(), "extension": self.extension}
+        try:
+            pop = self._screenpop(trigger, params["call"], agent)
+        except Exception:  # a rule must never cost the agent its call events
+            log.exception("agent %s: screen-pop rules failed", self.agent.id)
+            return
+        if pop is not None:
+            self._popped[key] = None
+            while len(self._popped) > 1000:
+                self._popped.pop(next(iter(self._popped)))
+            self.emit("call.screenPop", pop)
+
     def set_connection(self, state: str, node: str = "") -> None:
         with self.lock:
             if state != self.connection_state:
@@ -185,7 +215,7 @@ class AgentSession:
         with self.lock:
             self._set_agent(agent)
             for method, params in self.calls.reconcile(calls):
-                self.emit(method, params)
+                self._emit_call(method, params)
 
     def call(self, call_id: str) -> Call:
         """A call of this agent's, or NoSuchCall: whatever the params say, never another agent's."""

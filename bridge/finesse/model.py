@@ -7,6 +7,7 @@ document goes through defusedxml with a size limit before anything else looks at
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
@@ -35,6 +36,18 @@ VERB_ACTIONS = {"answer": "ANSWER", "hold": "HOLD", "retrieve": "RETRIEVE", "end
                 "blindTransfer": "TRANSFER_SST", "sendDigits": "SEND_DTMF",
                 "updateVariables": "UPDATE_CALL_DATA", "setWrapUp": "UPDATE_CALL_DATA",
                 "startRecording": "START_RECORDING"}
+
+
+def is_loopback(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 or localhost: the only hosts reached without TLS."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class XmlError(ValueError):

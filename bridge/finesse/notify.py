@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ipaddress
 import logging
 import ssl
 import threading
 from typing import Any, Coroutine, TypeVar
 
 from ..errors import Timeout
+from .model import is_loopback
 from .xmppclient import CLOSE_WAIT, SASL_FILTER, AgentConnection, OnState, OnUpdate, backoff_delay
 
 __all__ = ["NotifyHub", "AgentConnection", "OnUpdate", "OnState", "backoff_delay"]
@@ -38,13 +38,6 @@ __all__ = ["NotifyHub", "AgentConnection", "OnUpdate", "OnState", "backoff_delay
 T = TypeVar("T")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class NotifyHub:
@@ -110,7 +103,7 @@ class NotifyHub:
         """
         if tls not in ("starttls", "none"):
             raise ValueError(f"tls must be 'starttls' or 'none', not {tls!r}")
-        if tls == "none" and not _is_loopback(host):
+        if tls == "none" and not is_loopback(host):
             raise ValueError(f"plaintext XMPP is allowed only to a loopback address, not {host!r}")
         conn = AgentConnection(self, user=user, password=password, host=host, port=port, domain=domain,
                                tls=tls, pubsub=pubsub or f"pubsub.{domain}", on_update=on_update,

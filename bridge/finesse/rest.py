@@ -6,7 +6,6 @@ TLS is always verified, against ``ca_bundle`` when one is given; plain http only
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import threading
@@ -21,7 +20,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutErr
 from ..errors import (ActionRefused, BadCredentials, BridgeError, FinesseError, InvalidParams, NoSuchCall, Timeout,
                       TooManyAttempts, Unavailable)
 from . import model
-from .model import Agent, ApiError, Call, ReasonCode, SystemInfo, XmlError
+from .model import Agent, ApiError, Call, ReasonCode, SystemInfo, XmlError, is_loopback
 
 log = logging.getLogger(__name__)
 API = "/finesse/api"
@@ -30,11 +29,6 @@ DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, read) seconds, as requests takes the
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_url(url: object) -> str:
@@ -52,7 +46,7 @@ def _check_url(url: object) -> str:
         raise ValueError(f"FINESSE_NODES url {url!r}: must be https://host[:port]")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"FINESSE_NODES url {url!r}: give only scheme, host and port (no path)")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ValueError(f"FINESSE_NODES url {url!r}: plain http is allowed only on loopback; use https")
     return f"{parts.scheme}://{parts.netloc}"
 

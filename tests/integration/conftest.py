@@ -87,3 +87,42 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
         server.shutdown()
         thread.join(5)
         simulator.stop_thread()
+
+
+@pytest.fixture
+def stack_from_file(tmp_path: Any) -> Iterator[Any]:
+    """A factory for a stack whose bridge reads a real config file: ``stack_from_file(toml, **settings)``
+    writes ``toml`` to ``tmp_path/bridge.toml`` and starts the simulator and the bridge with that
+    file; ``settings`` go to ``create_app`` as the ``bridge`` marker's do (they win over the file).
+    For what the file itself does, such as screen-pop rules reloading when it changes."""
+    started: list[tuple[Stack, threading.Thread]] = []
+
+    def start(toml: str, **extra: Any) -> Stack:
+        path = tmp_path / "bridge.toml"
+        path.write_text(toml)
+        simulator = Simulator(SimConfig(rest_port=0, xmpp_port=0, password=PASSWORD,
+                                        outbound_answer_seconds=None)).start_in_thread()
+        settings: dict[str, Any] = {
+            "FINESSE_NODES": [{"url": f"http://127.0.0.1:{n.rest_port}", "xmpp": f"127.0.0.1:{n.xmpp_port}"}
+                              for n in simulator.nodes],
+            "SESSION_GRACE_SECONDS": 5.0, "XMPP_RECONNECT_MIN_SECONDS": 0.1, "XMPP_RECONNECT_MAX_SECONDS": 0.5,
+            "ALLOWED_ORIGINS": ["http://crm.example.test"], "DATABASE_URL": "sqlite:///:memory:", **extra,
+        }
+        try:
+            app = create_app(settings, config_file=str(path))
+        except BaseException:
+            simulator.stop_thread()
+            raise
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, name="bridge-http", daemon=True)
+        thread.start()
+        started.append((Stack(simulator, app, server), thread))
+        return started[-1][0]
+
+    yield start
+    for stack, thread in started:
+        stack.close()
+        stack.app.extensions["cti_bridge"].close()
+        stack.server.shutdown()
+        thread.join(5)
+        stack.simulator.stop_thread()
