@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Debian packages the tests use: Prosody (XMPP interoperability), Chromium and its driver (browser tests).
-DEBIAN_PACKAGES := prosody chromium chromium-driver
+# Debian packages the tests use: Prosody (XMPP interoperability), Chromium and its driver (browser tests),
+# PostgreSQL (the store's tests start a throwaway server on loopback; tests/postgres.py).
+DEBIAN_PACKAGES := prosody chromium chromium-driver postgresql
 
 .PHONY: demo test typecheck unit debian-deps bench-simulator bench-bridge clean
 

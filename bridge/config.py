@@ -10,6 +10,9 @@ import json
 import os
 import tomllib
 from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from .store import Store
 
 DEFAULTS: dict[str, Any] = {
     # Finesse
@@ -32,12 +35,21 @@ DEFAULTS: dict[str, Any] = {
     "SEND_QUEUE_LIMIT": 1000,  # messages waiting for one socket before it is closed as too slow
     "WS_PING_SECONDS": 25.0,
     "MAX_SOCKETS_PER_IP": 200,
+    # The bridge's address as browsers and Finesse reach it (https://bridge.example.com, or with a path
+    # prefix behind a proxy). The gadgets' absolute URLs start with it; None: from each request's host.
+    "PUBLIC_URL": None,
     # Storage and REST API (records, issue 5)
-    "DATABASE_URL": "sqlite:///cti-bridge.db",
+    "DATABASE_URL": "sqlite:///cti-bridge.db",  # or postgresql://user:password@host:5432/db (docs/records.md)
+    "DATABASE_TIMEOUT_SECONDS": 5.0,  # SQLite busy timeout; PostgreSQL connect timeout
+    "RECORD_RETRY_MIN_SECONDS": 0.5,  # a call record the database refused is retried after this, doubling...
+    "RECORD_RETRY_MAX_SECONDS": 30.0,  # ...up to this, for as long as the process lives
     "API_KEYS": [],
     # Screen pop (bridge/screenpop.py, docs/screenpop.md): {"rules": [...]}, the TOML [[screenpop.rules]]
     "SCREENPOP": {},
     "SCREENPOP_RELOAD_SECONDS": 2.0,  # how often, at most, the config file's mtime is checked for new rules
+    # Webhooks (bridge/webhooks.py, docs/webhooks.md): {"endpoints": [...], "allow_hosts": [...], ...},
+    # the TOML [webhooks] table with [[webhooks.endpoints]]; checked at start by webhooks.parse
+    "WEBHOOKS": {},
     # The demo CRM at /demo: a link to the simulator's console (python app.py --simulator sets it)
     "DEMO_SIMULATOR_CONSOLE": None,
     # Process
@@ -91,10 +103,28 @@ def _validate(config: dict[str, Any]) -> None:
     for key in ("ALLOWED_ORIGINS", "API_KEYS"):
         if not all(isinstance(item, str) for item in config[key]):
             raise ConfigError(f"{key}: expected a list of strings")
+    if config["PUBLIC_URL"] is not None:
+        _check_public_url(config["PUBLIC_URL"])
     if config["LOG_LEVEL"] is not None and config["LOG_LEVEL"].upper() not in _LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL: expected one of {', '.join(_LOG_LEVELS)}, got {config['LOG_LEVEL']!r}")
+    try:
+        Store.from_url(config["DATABASE_URL"])
+    except ValueError as exc:
+        raise ConfigError(f"DATABASE_URL: {exc}") from None
     if config["MAX_BATCH"] < 1 or config["REPLAY_BUFFER_EVENTS"] < 1:
         raise ConfigError("MAX_BATCH and REPLAY_BUFFER_EVENTS: must be at least 1")
+
+
+def _check_public_url(value: str) -> None:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (a bad port raises ValueError)
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query
+            or parts.fragment or parts.username is not None or parts.password is not None):
+        raise ConfigError(f"PUBLIC_URL: expected the bridge's base URL such as https://bridge.example.com "
+                          f"(http or https, a host, no query, fragment or user), got {value!r}")
 
 
 def _apply(config: dict[str, Any], values: Mapping[str, Any], where: str, origin: dict[str, str]) -> None:
@@ -119,7 +149,8 @@ def load(mapping: Mapping[str, Any] | None = None, *, file: str | None = None,
                 data = tomllib.load(handle)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
-        # Tables that belong to later parts (webhooks) are read by those parts; [screenpop] is a setting.
+        # Tables that are not settings (not in DEFAULTS) are left to the parts that read them; [screenpop]
+        # and [webhooks] are settings.
         _apply(config, {k: v for k, v in data.items() if not isinstance(v, dict) or k.upper() in DEFAULTS},
                f"file {path}", origin)
     for name, raw in environ.items():

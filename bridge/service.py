@@ -13,12 +13,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from .metrics import Metrics
+from .profiles import Profiles
+from .records import RecordHook, RecordQueue, RecordWriter
 from .errors import BadCredentials, InvalidParams, NotSignedIn
 from .finesse.model import Agent, Call, Update, is_loopback
 from .finesse.notify import AgentConnection, NotifyHub
 from .finesse.rest import FinesseNodes, FinesseRest, NodeAddress
 from .screenpop import ScreenPop
 from .sessions import AgentSession, SessionRegistry, Socket
+from .store import Store
+from .webhooks import WebhookWorker
+from .webhooks import parse as parse_webhooks
 
 log = logging.getLogger("bridge")
 
@@ -59,6 +64,19 @@ class Bridge:
         self.workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge-work")
         self.sockets = 0  # connected WebSockets, kept by ws.py
         self.metrics = Metrics(self._gauges)
+        # Call records (records.py): the store connects on first use; hooks run in the record's transaction.
+        self.store = Store.from_url(config["DATABASE_URL"], busy_timeout=config["DATABASE_TIMEOUT_SECONDS"])
+        self.record_hooks: list[RecordHook] = []  # e.g. the webhook outbox's enqueue_for_record
+        self.record_writer = RecordWriter(self.store, self.record_hooks)
+        self.records = RecordQueue(self.record_writer.write, retry_min=config["RECORD_RETRY_MIN_SECONDS"],
+                                   retry_max=config["RECORD_RETRY_MAX_SECONDS"])
+        self.profiles = Profiles(self.store)
+        # Webhooks (webhooks.py): checked at start; with endpoints, the outbox worker starts now, so rows
+        # left by an earlier run are sent without waiting for an agent.
+        self.webhooks: WebhookWorker | None = None
+        if parse_webhooks(config["WEBHOOKS"]).endpoints:
+            self.webhooks = WebhookWorker(self.store, config).start()
+            self.record_hooks.append(self.webhooks.enqueue_for_record)
 
     def _gauges(self) -> dict[str, float]:
         hub = self._hub
@@ -86,6 +104,10 @@ class Bridge:
                 self._hub.stop()
                 self._hub = None
         self.workers.shutdown(wait=False, cancel_futures=True)
+        self.records.close(timeout=self.config["DATABASE_TIMEOUT_SECONDS"])
+        if self.webhooks is not None:  # after the records: their outbox rows are written by then
+            self.webhooks.close()
+        self.store.close()
 
     def _rest(self, user: str, password: str | None, token: str | None) -> FinesseRest:
         c = self.config
@@ -146,7 +168,8 @@ class Bridge:
             user, password_check=lambda given: hmac.compare_digest(given.encode(), secret.encode()),
             replay_events=self.config["REPLAY_BUFFER_EVENTS"], replay_seconds=self.config["REPLAY_BUFFER_SECONDS"],
             grace_seconds=self.config["SESSION_GRACE_SECONDS"], on_expire=self.expire,
-            on_emit=lambda method: self.metrics.notifications.labels(method).inc(), screenpop=self.screenpop.pop)
+            on_emit=lambda method: self.metrics.notifications.labels(method).inc(), screenpop=self.screenpop.pop,
+            on_record=self.records.submit, on_call=self.webhooks.on_call if self.webhooks else None)
         session.extension = extension
         session.calls.extension = extension
         link = FinesseLink(rest, user.id, extension)

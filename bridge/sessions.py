@@ -54,7 +54,9 @@ class AgentSession:
 
     def __init__(self, agent: Agent, *, password_check: Callable[[str], bool], replay_events: int,
                  replay_seconds: float, grace_seconds: float, on_expire: Callable[["AgentSession"], None],
-                 on_emit: Callable[[str], None] | None = None, screenpop: ScreenPopper | None = None) -> None:
+                 on_emit: Callable[[str], None] | None = None, screenpop: ScreenPopper | None = None,
+                 on_record: Callable[[dict[str, Any]], None] | None = None,
+                 on_call: Callable[[str, dict[str, Any], dict[str, Any]], None] | None = None) -> None:
         self.id = secrets.token_hex(8)
         self.agent = agent
         self.extension = agent.extension
@@ -69,6 +71,8 @@ class AgentSession:
         self._on_expire = on_expire
         self._on_emit = on_emit
         self._screenpop = screenpop
+        self._on_record = on_record  # each call.ended record, to the store (must not block)
+        self._on_call = on_call  # (method, params, agent) of each call notification, to webhooks (must not block)
         self._popped: dict[tuple[str, str], None] = {}  # (callId, trigger) that popped (bounded)
         self.sockets: dict[str, Socket] = {}
         self._timer: threading.Timer | None = None
@@ -101,6 +105,12 @@ class AgentSession:
     def _expire(self) -> None:
         with self.lock:
             if self.sockets or self.closed:
+                return
+            if self.calls.calls:
+                # A call is still live: keep Finesse until it ends, so its record is written.
+                self._timer = threading.Timer(self._grace, self._expire)
+                self._timer.daemon = True
+                self._timer.start()
                 return
         log.info("agent %s: no socket for %.0f s, closing the session", self.agent.id, self._grace)
         self._on_expire(self)
@@ -184,8 +194,19 @@ class AgentSession:
 
     def _emit_call(self, method: str, params: dict[str, Any]) -> None:
         """A call notification, then its screen pop if a rule matches: once per call and trigger,
-        whatever the tabs, reloads and resumes (they share this session and its replay buffer)."""
+        whatever the tabs, reloads and resumes (they share this session and its replay buffer).
+        A ``call.ended`` record goes to the store from here, with or without a tab open."""
+        if method == "call.ended" and self._on_record is not None:
+            try:
+                self._on_record(params["record"])
+            except Exception:  # the store's trouble must never cost the agent its call events
+                log.exception("agent %s: queueing the call record failed", self.agent.id)
         self.emit(method, params)
+        if self._on_call is not None:
+            try:
+                self._on_call(method, params, {**self.agent.to_json(), "extension": self.extension})
+            except Exception:  # a webhook must never cost the agent its call events
+                log.exception("agent %s: queueing webhooks failed", self.agent.id)
         trigger = POP_TRIGGERS.get(method)
         if trigger is None or self._screenpop is None:
             return

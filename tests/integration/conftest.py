@@ -126,3 +126,13 @@ def stack_from_file(tmp_path: Any) -> Iterator[Any]:
         stack.server.shutdown()
         thread.join(5)
         stack.simulator.stop_thread()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[Any]:
+    """A webhook receiver on 127.0.0.1 (tests/webhook_receiver.py), stopped after the test."""
+    from tests.webhook_receiver import Receiver
+
+    receiver = Receiver().start()
+    yield receiver
+    receiver.stop()
