@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from flask import Flask, Response, jsonify
 
 from bridge import config as bridge_config
-from bridge import api, demo, protocol, ws
+from bridge import api, demo, gadgets, protocol, ws
 from bridge.service import Bridge
 
 
@@ -31,6 +31,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, config_file: str | No
     ws.init_app(app, bridge)
     demo.init_app(app, bridge)
     api.init_app(app, bridge)
+    gadgets.init_app(app, bridge)
 
     @app.get("/healthz")
     def healthz() -> Any:

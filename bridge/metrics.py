@@ -33,6 +33,9 @@ class Metrics:
                                       ["kind"], registry=self.registry)
         self.finesse_errors = Counter("cti_finesse_errors", "Finesse errors by kind (JSON-RPC code)",
                                       ["code"], registry=self.registry)
+        self.screenpop_blocked = Counter("cti_screenpop_blocked",
+                                         "Screen pops the browser blocked (the toolbar showed a click-to-open notice)",
+                                         registry=self.registry)
         self.rpc_latency = Histogram("cti_rpc_seconds", "Time to answer a JSON-RPC request, by method",
                                      ["method"], registry=self.registry,
                                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

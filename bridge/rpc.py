@@ -11,15 +11,19 @@ import json
 import logging
 import time
 from typing import Any, Callable, Iterator, Protocol
+from urllib.parse import urlsplit
 
 from jsonrpcserver import Error, Success, dispatch_to_response
 from jsonrpcserver.response import ErrorResponse, Response, to_serializable_one
 from jsonrpcserver.sentinels import NODATA
 
 from . import protocol
-from .errors import BridgeError, InvalidParams as InvalidParamsError, NotSignedIn
+from .errors import BridgeError, Internal, InvalidParams as InvalidParamsError, NotSignedIn
 from .finesse.model import VERB_ACTIONS
+from .profiles import digits_of
+from .records import list_records
 from .sessions import AgentSession, Socket
+from .store import StoreError
 
 log = logging.getLogger("bridge.rpc")
 SPEC_CODES = (-32700, -32600, -32601)  # answered exactly as the specification's examples show
@@ -118,6 +122,36 @@ def _action(verb: str, **extra: Any) -> Callable[..., dict[str, Any]]:
     return method
 
 
+# -- screen pops and the customer gadget -----------------------------------------------------------
+
+def screenpop_blocked(ctx: Context, *, callId: str, url: str | None = None) -> dict[str, Any]:
+    """The browser blocked a pop's window: count it for the admin (the page already told the agent)."""
+    session = _session(ctx)
+    ctx.bridge.metrics.screenpop_blocked.inc()
+    try:
+        host = urlsplit(url).hostname if url else None
+    except ValueError:
+        host = None
+    # The host only: a pop's query string often carries the caller's number or a case id.
+    log.info("agent %s: the browser blocked the screen pop for call %s%s", session.agent.id, callId,
+             f" (host {host})" if host else "")
+    return {}
+
+
+def customer_lookup(ctx: Context, *, number: str, limit: int = 10) -> dict[str, Any]:
+    """The caller's contact and this agent's own earlier calls with the number (never another agent's)."""
+    session = _session(ctx)
+    if not digits_of(number):  # caller ID withheld: nobody to look up
+        return {"contact": None, "records": []}
+    try:
+        contact = ctx.bridge.profiles.lookup(number)
+        records, _ = list_records(ctx.bridge.store, agent_id=session.agent.id, number=number, limit=limit)
+    except StoreError as exc:
+        log.error("customer.lookup for agent %s: the database failed: %s", session.agent.id, exc)
+        raise Internal("The database is not available") from None
+    return {"contact": contact, "records": records}
+
+
 def rpc_discover(ctx: Context) -> dict[str, Any]:
     return protocol.document()
 
@@ -144,6 +178,8 @@ METHODS: dict[str, Callable[..., Any]] = {
     "call.sendDigits": _action("sendDigits", digits="digits"),
     "call.updateVariables": _action("updateVariables", variables="variables"),
     "call.setWrapUp": _action("setWrapUp", reason="wrap_up_reason"),
+    "screenpop.blocked": screenpop_blocked,
+    "customer.lookup": customer_lookup,
     "rpc.discover": rpc_discover,
 }
 """Every method; a test keeps this equal to openrpc.json."""

@@ -140,6 +140,25 @@ declare namespace CtiToolbar {
     form?: { [name: string]: string };
   }
 
+  /** A customer profile from the bridge's profile store (docs/records.md). */
+  interface Contact {
+    id: string;
+    name: string;
+    /** As people write them: "+1 (415) 555-0100". */
+    phones: string[];
+    /** The CRM's ids, a tier, a language...: any JSON. */
+    attributes: { [name: string]: unknown };
+    updatedAt: Timestamp;
+    version: number;
+  }
+
+  /** lookupCustomer(): the caller's contact (or null) and this agent's own earlier calls with the number. */
+  interface CustomerLookup {
+    contact: Contact | null;
+    /** Newest first; only the signed-in agent's records. */
+    records: Record[];
+  }
+
   // -- notifications as the bridge sends them (openrpc.json x-notifications) -----------------------
 
   /** Every notification carries seq (per agent, increasing by one) and at (ISO 8601). */
@@ -289,6 +308,16 @@ declare namespace CtiToolbar {
     telLinks?: boolean;
     /** With several tabs of this origin signed in as one agent, pop and log each call in one tab only. Default true. */
     dedupeAcrossTabs?: boolean;
+    /**
+     * "toolbar" (default). "gadget": inside a Finesse gadget (docs/gadgets.md): sign in by itself with
+     * `credentials`, never show the sign-in form, and show status only (no state select, call buttons or dial pad).
+     */
+    mode?: "toolbar" | "gadget";
+    /**
+     * Gadget mode: the agent's identity (from finesse.gadget.Config), held in memory only. A function is
+     * asked again before each sign-in, so a renewed SSO token is used.
+     */
+    credentials?: LoginDetails | (() => LoginDetails);
 
     /** A screen pop: open it yourself, or return false to let the toolbar do the default for its target. */
     onScreenPop?: (pop: ScreenPop) => boolean | void;
@@ -337,6 +366,8 @@ declare namespace CtiToolbar {
     updateVariables(callId: string | null, variables: Variables): Promise<void>;
     /** `reason` is a wrap-up reason's label. */
     setWrapUp(callId: string | null, reason: string): Promise<void>;
+    /** The caller's contact and this agent's earlier calls with `number` (what the customer gadget shows). */
+    lookupCustomer(number: string): Promise<CustomerLookup>;
 
     /** Try the connection now instead of waiting for the next retry. */
     reconnect(): void;

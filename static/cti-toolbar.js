@@ -284,6 +284,13 @@
     const heartbeat = config.heartbeat === 0 ? 0 : ms(config.heartbeat, 25000);
     const servers = serverList(config.servers);
     const layout = config.layout === "panel" ? "panel" : "bar";
+    // Gadget mode (a Finesse gadget, docs/gadgets.md): sign in by itself with config.credentials (the
+    // agent's Finesse identity, in memory), never show the sign-in form, leave agent state and dialling
+    // to the Finesse desktop (the stylesheet hides them).
+    const gadget = config.mode === "gadget";
+    // A gadget's frame: its path, and in Finesse (Shindig's /gadgets/ifr) the gadget's own URL (url=).
+    const lockScope = gadget && root.location
+      ? `${root.location.pathname}${(/[?&]url=([^&#]*)/.exec(root.location.search || "") || ["", ""])[1]}:` : "";
     const labels = config.variableLabels || {};
 
     const t = (key, vars) => {
@@ -324,6 +331,9 @@
     let warned = false;
     let heartbeatTimer = 0;
     let destroyed = false;
+    let gadgetTries = 0;
+    let gadgetTimer = 0;
+    let loginNotice = null;
     const pending = new Map();
     const waiting = [];
     let nextId = 1;
@@ -622,6 +632,13 @@
 
     function signInAgain() {
       if (!credentials || socket !== "open") return;
+      if (gadget && typeof config.credentials === "function") {
+        // The container may have renewed them since (an SSO token): ask again.
+        try {
+          const fresh = loginParams(config.credentials());
+          if (fresh) credentials = Object.freeze(fresh);
+        } catch (e) { /* keep the ones that worked */ }
+      }
       sessionReady = false;
       updateConnection();
       request("session.login", credentials, {session: false, timeout: loginTimeout, onResult(result) {
@@ -699,6 +716,7 @@
       wrapUpReasons = [];
       for (const req of waiting.slice()) if (req.session) settle(req, fail("NOT_SIGNED_IN", null, {method: req.method}));
       if (ui) ui.loginError.textContent = message || "";
+      if (gadget && was) loginNotice = notify(message || t("session_ended", {reason}), "info", 0);
       render();
       updateConnection();
       if (was) emit("loggedOut", {reason});
@@ -785,7 +803,8 @@
       updateConnection();
     }
 
-    /** Runs fn in one tab only when several tabs of this origin share the agent (Web Locks). */
+    /** Runs fn in one tab only when several tabs of this origin share the agent (Web Locks). Gadgets share the
+     * Finesse desktop's origin: each gadget (its frame's URL) takes its own locks, or one would swallow the other's pops. */
     function once(key, fn) {
       const locks = config.dedupeAcrossTabs !== false && root.navigator && root.navigator.locks;
       if (!locks || typeof locks.request !== "function") return fn();
@@ -796,7 +815,7 @@
           fn();
         }
       };
-      locks.request(`cti-toolbar:${key}`, {ifAvailable: true}, (lock) => {
+      locks.request(`cti-toolbar:${lockScope}${key}`, {ifAvailable: true}, (lock) => {
         if (!lock) {
           ran = true; // another tab has it
           return undefined;
@@ -882,6 +901,11 @@
 
     function popBlocked(pop, url, name, post) {
       emit("screenPopBlocked", clone(pop));
+      if (hasSession()) { // counted by the bridge for the admin (cti_screenpop_blocked_total)
+        const params = {callId: String(pop.callId || "unknown")};
+        if (url.length <= 4096) params.url = url;
+        request("screenpop.blocked", params).catch(() => {});
+      }
       if (!ui) return;
       const link = h("a", {href: url, target: name, rel: name === "_blank" ? "noopener" : null}, t("popup_open"));
       const box = notify(t("popup_blocked"), "popup", 0, link);
@@ -898,7 +922,8 @@
 
     // -- the API: agent --
 
-    function login(details) {
+    /** session.login params from {agentId | loginName, password | token, extension}; null if one is missing. */
+    function loginParams(details) {
       const d = details || {};
       const params = {};
       if (d.agentId) params.agentId = String(d.agentId);
@@ -906,7 +931,12 @@
       if (d.password) params.password = String(d.password);
       else if (d.token) params.token = String(d.token);
       if (d.extension) params.extension = String(d.extension);
-      if (!(params.agentId || params.loginName) || !(params.password || params.token) || !params.extension) {
+      return (params.agentId || params.loginName) && (params.password || params.token) && params.extension ? params : null;
+    }
+
+    function login(details) {
+      const params = loginParams(details);
+      if (!params) {
         return Promise.reject(fail("INVALID_ARGUMENT", {message: t("login_missing")}, {method: "session.login"}));
       }
       if (hasSession() || loginBusy) return Promise.reject(fail("ALREADY_SIGNED_IN", null, {method: "session.login"}));
@@ -938,6 +968,33 @@
       }).then(() => {
         expectClose = true; // the bridge ends the session and closes the socket
         endSession("logout", "");
+      });
+    }
+
+    /** Gadget mode: sign in with config.credentials; a failure shows as a notice (there is no form) and,
+     * unless the credentials themselves were refused, is tried again with backoff. */
+    function gadgetLogin() {
+      gadgetTimer = 0;
+      if (destroyed || hasSession() || loginBusy) return;
+      let details = null;
+      try {
+        details = typeof config.credentials === "function" ? config.credentials() : config.credentials;
+      } catch (e) {
+        console.warn("CtiToolbar: config.credentials failed", e);
+      }
+      login(details).then(() => {
+        gadgetTries = 0;
+        if (loginNotice) loginNotice.remove();
+        loginNotice = null;
+      }, (e) => {
+        if (e.code === "ALREADY_SIGNED_IN" || e.code === "DESTROYED") return;
+        if (loginNotice) loginNotice.remove();
+        loginNotice = notify(errorText(e), "error", 0);
+        emit("error", e);
+        if ([4010, 4003, -32602, "INVALID_ARGUMENT"].indexOf(e.code) < 0) {
+          const base = Math.min(maxDelay, minDelay * Math.pow(2, Math.min(gadgetTries++, 30)));
+          gadgetTimer = setTimeout(gadgetLogin, base / 2 + Math.random() * (base / 2));
+        }
       });
     }
 
@@ -1034,6 +1091,11 @@
       return needs(value, "a reason", "call.setWrapUp") || callAction("setWrapUp", callId, {reason: value});
     }
 
+    /** The caller's contact and this agent's earlier calls with the number (customer.lookup). */
+    function lookupCustomer(number) {
+      return request("customer.lookup", {number: String(number == null ? "" : number).slice(0, 64)});
+    }
+
     // -- the API: getters and the rest --
 
     function getAgent() {
@@ -1067,6 +1129,7 @@
       if (destroyed) return;
       destroyed = true;
       clearTimeout(retryTimer);
+      clearTimeout(gadgetTimer);
       stopHeartbeat();
       clearInterval(ticker);
       const sock = ws;
@@ -1087,7 +1150,8 @@
       updateConnection();
       if (host) {
         if (host.shadowRoot) host.shadowRoot.replaceChildren();
-        for (const name of ["data-cti-toolbar", "data-cti-state", "data-cti-layout", "data-cti-session", "data-cti-ready"]) {
+        for (const name of ["data-cti-toolbar", "data-cti-state", "data-cti-layout", "data-cti-session", "data-cti-ready",
+          "data-cti-mode"]) {
           host.removeAttribute(name);
         }
       }
@@ -1153,7 +1217,9 @@
       shadow.replaceChildren();
       host.setAttribute("data-cti-toolbar", "");
       host.setAttribute("data-cti-layout", layout);
-      const box = h("div", {class: "cti", "data-layout": layout, role: "region", "aria-label": t("toolbar"), part: "toolbar"});
+      if (gadget) host.setAttribute("data-cti-mode", "gadget");
+      const box = h("div", {class: "cti", "data-layout": layout, "data-mode": gadget ? "gadget" : null, role: "region",
+        "aria-label": t("toolbar"), part: "toolbar"});
       const u = {box, callViews: new Map(), shadow};
 
       // Styles: a <link> inside the shadow root loads from another origin without CORS, and no
@@ -1401,7 +1467,7 @@
     function render() {
       if (!ui) return;
       const shown = signedIn && agent !== null;
-      ui.form.hidden = shown;
+      ui.form.hidden = shown || gadget;
       ui.main.hidden = !shown;
       host.setAttribute("data-cti-session", shown ? "signed-in" : "signed-out");
       ui.submit.setAttribute("aria-disabled", String(loginBusy));
@@ -1648,6 +1714,7 @@
       sendDigits,
       updateVariables,
       setWrapUp,
+      lookupCustomer,
       reconnect,
       destroy,
     };
@@ -1664,6 +1731,7 @@
       root.addEventListener("offline", ping);
     }
     connect();
+    if (gadget) gadgetLogin();
     return api;
   }
 

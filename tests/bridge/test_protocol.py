@@ -151,7 +151,8 @@ def test_methods_and_notifications_are_the_designed_ones() -> None:
         "session.login", "session.resume", "session.logout", "session.ping", "agent.get", "agent.setState",
         "agent.reasonCodes", "agent.wrapUpReasons", "call.list", "call.make", "call.answer", "call.hold",
         "call.retrieve", "call.end", "call.consult", "call.transfer", "call.conference", "call.blindTransfer",
-        "call.sendDigits", "call.updateVariables", "call.setWrapUp", "rpc.discover"}
+        "call.sendDigits", "call.updateVariables", "call.setWrapUp", "screenpop.blocked", "customer.lookup",
+        "rpc.discover"}
     assert protocol.notification_names() == {
         "agent.stateChanged", "agent.error", "call.ringing", "call.dialing", "call.answered", "call.updated",
         "call.ended", "call.screenPop", "call.error", "connection.changed", "session.ended"}
