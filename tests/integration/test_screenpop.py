@@ -91,8 +91,9 @@ def test_a_ringing_rule_pops_once_right_after_call_ringing(stack):
     _answer_and_end(client, call_id)
     assert _pops(_take_until(client, "call.ended", lambda p: p["call"]["id"] == call_id)) == []
 
-    withheld = stack.ring(to="1001", ani="")  # caller ID withheld: neither rule matches
     client.wait_for("agent.stateChanged", lambda p: p["agent"]["state"] == "READY")
+    withheld = stack.ring(to="1001", ani="")  # caller ID withheld: neither rule matches
+    assert client.wait_for("call.ringing", lambda p: p["call"]["id"] == withheld)["call"]["ani"] == ""
     _answer_and_end(client, withheld)
     assert _pops(_take_until(client, "call.ended", lambda p: p["call"]["id"] == withheld)) == []
 
