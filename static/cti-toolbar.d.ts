@@ -286,7 +286,7 @@ declare namespace CtiToolbar {
     servers?: string | string[];
     /** Where the UI goes (a selector or an element; it gets a shadow root). Omit for headless mode. */
     element?: string | Element;
-    /** "bar" (default): one compact horizontal bar. "panel": a 320 px column. */
+    /** "bar" (default): a horizontal bar, one row for the agent and one per call. "panel": a column for a sidebar. */
     layout?: "bar" | "panel";
     /** Milliseconds before any action's promise rejects with TIMEOUT. Default 10000. */
     timeout?: number;

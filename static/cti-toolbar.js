@@ -66,7 +66,6 @@
     login_missing: "Enter your agent ID, password and extension.",
     agent_extension: "Extension {extension}",
     state_select: "Change state",
-    state_choose: "Change state…",
     state_timer: "Time in state",
     state_pending: "Next: {state}",
     state_READY: "Ready",
@@ -107,7 +106,9 @@
     action_end: "End",
     action_consult: "Consult",
     action_transfer: "Transfer",
+    action_transfer_hint: "Transfer the caller to the consulted party",
     action_conference: "Conference",
+    action_conference_hint: "Join the caller and the consulted party",
     action_blindTransfer: "Blind transfer",
     action_sendDigits: "Send tones",
     action_setWrapUp: "Apply",
@@ -117,13 +118,16 @@
     dialpad: "Dial pad",
     dialpad_toggle: "Keypad",
     dial_number: "Number",
+    dial_digits: "Digits",
     dial_call: "Call",
     dial_consult: "Consult",
-    dial_transfer: "Transfer",
+    dial_transfer: "Blind transfer",
     dial_dtmf: "Send tones",
     dial_backspace: "Delete last digit",
-    number_needed: "Enter a number in the dial pad first.",
-    digits_needed: "Enter the digits in the dial pad, then Send tones.",
+    pad_for: "{action} · {number}",
+    pad_close: "Close",
+    number_needed: "Enter a number first.",
+    digits_needed: "Enter the digits to send first.",
     popup_blocked: "The browser blocked a screen pop.",
     popup_open: "Open it",
     dismiss: "Dismiss",
@@ -1280,47 +1284,70 @@
       u.stateSelect = h("select", {"data-cti": "state-select", "aria-label": t("state_select")});
       u.stateHint = h("span", {class: "sr-only", id: "cti-state-hint"}, t("state_enter_hint"));
       wireStateSelect(u);
-      const agentBox = h("div", {class: "agent", "data-cti": "agent"},
-        h("div", {class: "agent-line"}, u.agentName, u.state, u.timer, u.pendingState), u.stateSelect, u.stateHint);
+      u.agentLine = h("div", {class: "agent-line"}, u.agentName, u.state, u.timer, u.pendingState);
+      const agentBox = h("div", {class: "agent", "data-cti": "agent"}, u.agentLine, u.stateSelect, u.stateHint);
 
       // Calls
       u.calls = h("div", {class: "calls", "data-cti": "calls", role: "list", "aria-label": t("calls")});
       u.noCalls = h("p", {class: "no-calls", "data-cti": "no-calls"}, t("no_calls"));
 
-      // Dial pad
+      // Dial pad: in its place (the number, the keypad toggle, Call) while no call is live; a call's
+      // Consult, Blind transfer and Keypad buttons open it as a popover for that call, with one confirm
+      // button (dial-consult, dial-transfer, dial-dtmf).
       u.dialNumber = h("input", {type: "tel", "data-cti": "dial-number", "aria-label": t("dial_number"),
         placeholder: t("dial_number"), autocomplete: "off", inputmode: "tel", maxlength: "64",
+        oninput: () => { u.padHint.hidden = true; },
         onkeydown: (event) => {
-          if (event.key === "Enter" && !u.dialCall.hidden) {
+          const go = [u.dialCall, u.dialConsult, u.dialTransfer, u.dialDtmf].find((b) => !b.hidden);
+          if (event.key === "Enter" && go) {
             event.preventDefault();
-            u.dialCall.click();
+            go.click();
           }
         }});
       const padButton = (key, cls, fn, iconName) => h("button", {type: "button", class: cls, "data-cti": key,
         onclick: (event) => fn(event.currentTarget)}, iconName ? icon(iconName) : null, h("span", null, t(key.replace("-", "_"))));
       u.dialCall = padButton("dial-call", "ok", (b) => uiAction(b, () => makeCall(u.dialNumber.value)
         .then(() => { u.dialNumber.value = ""; })), "phone");
-      u.dialConsult = padButton("dial-consult", "", (b) => withNumber(b, (n) => consult(null, n)), "personAdd");
-      u.dialTransfer = padButton("dial-transfer", "", (b) => withNumber(b, (n) => blindTransfer(null, n)), "arrow");
-      u.dialDtmf = padButton("dial-dtmf", "", (b) => withNumber(b, (n) => sendDigits(null, n), "digits_needed"), "keypad");
-      u.keysOpen = layout === "panel";
-      u.keys = h("div", {class: "keys", id: "cti-keys", "data-cti": "dialpad-keys", hidden: !u.keysOpen},
+      u.dialConsult = padButton("dial-consult", "go", (b) => withNumber(b, (n) => consult(u.padCall, n)), "personAdd");
+      u.dialTransfer = padButton("dial-transfer", "go", (b) => withNumber(b, (n) => blindTransfer(u.padCall, n)), "arrow");
+      u.dialDtmf = padButton("dial-dtmf", "go", (b) => withNumber(b, (n) => sendDigits(u.padCall, n), "digits_needed"), "keypad");
+      u.keysOpen = false;
+      u.keys = h("div", {class: "keys", id: "cti-keys", "data-cti": "dialpad-keys", hidden: true},
         Array.from("123456789*0#", (digit) => h("button", {type: "button", class: "key", "data-cti-digit": digit,
           onclick: () => typeDigit(digit)}, digit)),
         h("button", {type: "button", class: "key back", "data-cti": "dial-backspace", "aria-label": t("dial_backspace"),
           onclick: () => { u.dialNumber.value = u.dialNumber.value.slice(0, -1); }}, "⌫"));
-      u.padToggle = h("button", {type: "button", class: "toggle", "data-cti": "dialpad-toggle",
-        "aria-expanded": String(u.keysOpen), "aria-controls": "cti-keys", onclick: () => toggleKeys()},
+      u.padToggle = h("button", {type: "button", class: "toggle", "data-cti": "dialpad-toggle", title: t("dialpad_toggle"),
+        "aria-expanded": "false", "aria-controls": "cti-keys", onclick: () => toggleKeys()},
       icon("keypad"), h("span", {class: "sr-only"}, t("dialpad_toggle")));
-      u.pad = h("div", {class: "pad", "data-cti": "dialpad", role: "group", "aria-label": t("dialpad"),
-        onkeydown: (event) => { if (event.key === "Escape" && u.keysOpen && layout === "bar") toggleKeys(false, true); }},
-      h("div", {class: "pad-line"}, u.dialNumber, u.padToggle, u.dialCall, u.dialConsult, u.dialTransfer, u.dialDtmf),
-      u.keys);
+      u.padTitle = h("span", {class: "pad-title", id: "cti-pad-title"});
+      u.padHead = h("div", {class: "pad-head", hidden: true}, u.padTitle,
+        h("button", {type: "button", class: "pad-close", "aria-label": t("pad_close"), title: t("pad_close"),
+          onclick: () => closePad(true)}, "×"));
+      u.padHint = h("p", {class: "pad-hint", role: "alert", hidden: true});
+      u.pad = h("div", {class: "pad", id: "cti-pad", "data-cti": "dialpad", role: "group", "aria-label": t("dialpad")},
+        u.padHead,
+        h("div", {class: "pad-line"}, u.dialNumber, u.padToggle, u.dialCall, u.dialConsult, u.dialTransfer, u.dialDtmf),
+        u.padHint, u.keys);
 
-      u.main = h("div", {class: "main", "data-cti": "main", hidden: true}, agentBox, h("div", {class: "calls-box"}, u.calls, u.noCalls), u.pad);
+      u.callsBox = h("div", {class: "calls-box"}, u.calls, u.noCalls);
+      u.main = h("div", {class: "main", "data-cti": "main", hidden: true}, agentBox, u.callsBox, u.pad);
       u.notices = h("div", {class: "notices", "data-cti": "notices"});
       u.announcer = h("div", {class: "sr-only", "aria-live": "assertive"});
       box.append(u.conn, u.form, u.main, u.notices, u.announcer);
+      box.addEventListener("keydown", (event) => {
+        if (event.key !== "Escape" || event.defaultPrevented) return;
+        if (u.padMode) closePad(u.pad.contains(shadow.activeElement));
+        else if (u.keysOpen && layout === "bar") toggleKeys(false, u.pad.contains(shadow.activeElement));
+        else return;
+        event.preventDefault();
+      });
+      box.addEventListener("click", (event) => { // after the clicked control's own handler
+        const path = event.composedPath();
+        if (path.indexOf(u.pad) >= 0 || (u.padAnchor && path.indexOf(u.padAnchor) >= 0)) return;
+        if (u.padMode) closePad(false);
+        else if (u.keysOpen && layout === "bar") toggleKeys(false);
+      });
       shadow.append(box);
       return u;
     }
@@ -1414,16 +1441,21 @@
     function withNumber(button, fn, missing) {
       const number = cleanNumber(ui.dialNumber.value);
       if (!number) {
-        notify(t(missing || "number_needed"), "info");
-        toggleKeys(true);
+        ui.padHint.textContent = t(missing || "number_needed"); // said in the popover, not in a notice
+        ui.padHint.hidden = false;
         ui.dialNumber.focus();
         return;
       }
-      uiAction(button, () => fn(number).then(() => { if (ui) ui.dialNumber.value = ""; }));
+      uiAction(button, () => fn(number).then(() => {
+        if (!ui) return;
+        ui.dialNumber.value = "";
+        if (ui.padMode && ui.padMode !== "sendDigits") closePad(true);
+      }));
     }
 
     function typeDigit(digit) {
       const input = ui.dialNumber;
+      ui.padHint.hidden = true;
       input.value = (input.value + digit).slice(0, 64);
     }
 
@@ -1432,6 +1464,41 @@
       ui.keys.hidden = !ui.keysOpen;
       ui.padToggle.setAttribute("aria-expanded", String(ui.keysOpen));
       if (focusToggle) ui.padToggle.focus();
+    }
+
+    /** A call's Consult, Blind transfer or Keypad button: the dial pad as a popover for that call. */
+    function openPad(v, verb, button) {
+      if (ui.padMode === verb && ui.padCall === v.id) return closePad(true); // the same button again
+      closePad(false);
+      ui.padMode = verb;
+      ui.padCall = v.id;
+      ui.padAnchor = button;
+      button.setAttribute("aria-expanded", "true");
+      ui.dialNumber.value = "";
+      toggleKeys(verb === "sendDigits");
+      renderPad();
+      ui.dialNumber.focus();
+    }
+
+    function closePad(focusBack) {
+      if (!ui.padMode) return;
+      const anchor = ui.padAnchor;
+      const view = ui.callViews.get(ui.padCall);
+      const hadFocus = ui.pad.contains(ui.shadow.activeElement);
+      anchor.setAttribute("aria-expanded", "false");
+      ui.padMode = ui.padCall = ui.padAnchor = null;
+      ui.dialNumber.value = "";
+      toggleKeys(false);
+      renderPad();
+      if (focusBack || hadFocus) {
+        const target = anchor.isConnected ? anchor : view && view.el.isConnected && view.actions.querySelector("button");
+        (target || homeFocus()).focus();
+      }
+    }
+
+    /** Where focus goes when its element leaves: the first call's first button, the number, the state. */
+    function homeFocus() {
+      return ui.calls.querySelector(".actions button") || (ui.pad.hidden ? ui.stateSelect : ui.dialNumber);
     }
 
     function notify(text, kind, ttl, ...extra) {
@@ -1472,6 +1539,9 @@
       host.setAttribute("data-cti-session", shown ? "signed-in" : "signed-out");
       ui.submit.setAttribute("aria-disabled", String(loginBusy));
       ui.submit.textContent = loginBusy ? t("login_busy") : t("login_submit");
+      // The connection dot sits with the agent once signed in, before the sign-in form otherwise.
+      const connHome = shown ? ui.agentLine : ui.box;
+      if (ui.conn.parentNode !== connHome) connHome.prepend(ui.conn);
       if (!shown) return;
       renderAgent();
       renderCalls();
@@ -1515,9 +1585,9 @@
       const select = ui.stateSelect;
       const signature = JSON.stringify(options);
       if (select.getAttribute("data-options") !== signature) {
-        // The placeholder shows while no option is the current state (talking, reserved, wrap-up...);
-        // it is never in the list.
-        select.replaceChildren(h("option", {value: "", disabled: true, hidden: true}, t("state_choose")),
+        // The first option ("") stands for a current state no option is (Reserved, Talking, On hold,
+        // Work...): shown, disabled, so the select says where the agent is without offering it.
+        select.replaceChildren(h("option", {value: "", disabled: true}),
           ...options.map(([value, label]) => h("option", {value}, label)));
         select.setAttribute("data-options", signature);
       }
@@ -1528,7 +1598,11 @@
         const id = agent.reasonCode && agent.reasonCode.id;
         value = options.some(([v]) => v === `NOT_READY:${id}`) ? `NOT_READY:${id}` : "NOT_READY";
       }
-      select.value = options.some(([v]) => v === value) ? value : "";
+      const current = options.some(([v]) => v === value) ? value : "";
+      const placeholder = select.options[0];
+      placeholder.textContent = t(`state_${agent.state}`) + (reason ? ` – ${reason}` : "");
+      placeholder.hidden = current !== "";
+      select.value = current;
     }
 
     function renderCalls() {
@@ -1550,9 +1624,10 @@
         const hadFocus = view.el.contains(ui.shadow.activeElement);
         view.el.remove();
         ui.callViews.delete(id);
-        if (hadFocus) ui.dialNumber.focus(); // focus must not fall out of the toolbar
+        if (hadFocus) ui.refocus = true; // focus must not fall out of the toolbar (renderPad places it)
       }
       ui.noCalls.hidden = list.length > 0;
+      ui.callsBox.hidden = !list.length && layout === "bar"; // the bar: one row per call, none without
     }
 
     function callView(id) {
@@ -1579,8 +1654,9 @@
       v.wrap = h("div", {class: "wrapup", "data-cti": "call-wrapup"}, v.wrapSelect, v.wrapApply);
       v.numberId = numberId;
       v.el = h("div", {class: "call", "data-cti": "call", "data-call-id": id, role: "listitem", "aria-labelledby": numberId},
-        h("div", {class: "call-head"}, v.tag, v.number, v.state, v.timer),
-        h("div", {class: "call-meta"}, v.queue, v.variables),
+        h("div", {class: "call-info"},
+          h("div", {class: "call-head"}, v.tag, v.number, v.state, v.timer),
+          h("div", {class: "call-meta"}, v.queue, v.variables)),
         v.actions);
       return v;
     }
@@ -1605,35 +1681,37 @@
       const signature = JSON.stringify(filled.map((name) => [name, variables[name]]));
       if (v.varSignature !== signature) {
         v.varSignature = signature;
-        v.variables.replaceChildren(...filled.map((name) => h("li", {"data-variable": name},
-          h("span", {class: "var-name"}, labels[name] || name), ": ", h("span", {class: "var-value"}, String(variables[name])))));
+        const text = (name) => `${labels[name] || name}: ${variables[name]}`;
+        v.variables.title = filled.map(text).join("\n"); // the bar shows what fits
+        v.variables.replaceChildren(...filled.map((name) => h("li", {"data-variable": name, title: text(name)},
+          h("span", {class: "var-name"}, `${labels[name] || name}: `), h("span", {class: "var-value"}, String(variables[name])))));
       }
       v.variables.hidden = !filled.length;
 
+      // One set of controls per call, in reading order, then the wrap-up reason.
       const actions = call.actions || [];
-      let previous = null;
+      const wanted = [];
       for (const verb of BUTTONS) {
         let button = v.buttons.get(verb);
         if (actions.indexOf(verb) < 0) { // not allowed now: not in the DOM at all
-          if (button) {
-            button.remove();
-            v.buttons.delete(verb);
-          }
+          if (button) v.buttons.delete(verb);
           continue;
         }
         if (!button) {
+          const label = t(verb === "sendDigits" ? "dialpad_toggle" : `action_${verb}`);
+          const opens = verb === "consult" || verb === "blindTransfer" || verb === "sendDigits";
+          const hint = `action_${verb}_hint`;
           button = h("button", {type: "button", class: `act act-${verb}`, "data-cti-action": verb,
-            "aria-describedby": v.numberId, title: t(`action_${verb}`), onclick: (event) => callButton(v, verb, event.currentTarget)},
-          VERB_ICONS[verb] ? icon(VERB_ICONS[verb]) : null, h("span", null, t(`action_${verb}`)));
+            "aria-describedby": v.numberId, title: hint in MESSAGES ? t(hint) : label,
+            "aria-haspopup": opens ? "dialog" : null, "aria-expanded": opens ? "false" : null,
+            "aria-controls": opens ? "cti-pad" : null, onclick: (event) => callButton(v, verb, event.currentTarget)},
+          VERB_ICONS[verb] ? icon(VERB_ICONS[verb]) : null, h("span", {class: "act-label"}, label));
           v.buttons.set(verb, button);
         }
-        const after = previous ? previous.nextSibling : v.actions.firstChild;
-        if (after !== button) v.actions.insertBefore(button, after);
-        previous = button;
+        wanted.push(button);
       }
-
-      const wrapUp = wrapUpReasons.length > 0 && actions.indexOf("setWrapUp") >= 0;
-      if (wrapUp) {
+      if (wrapUpReasons.length > 0 && actions.indexOf("setWrapUp") >= 0) {
+        wanted.push(v.wrap);
         const names = wrapUpReasons.map((w) => w.label);
         if (call.wrapUpReason && names.indexOf(call.wrapUpReason) < 0) names.push(call.wrapUpReason);
         const signature = JSON.stringify(names);
@@ -1645,22 +1723,22 @@
         } else if (call.wrapUpReason && v.wrapSelect !== ui.shadow.activeElement) {
           v.wrapSelect.value = call.wrapUpReason;
         }
-        if (v.wrap.parentNode !== v.actions) v.actions.append(v.wrap);
-      } else if (v.wrap.parentNode) {
-        v.wrap.remove();
       }
-      if (hadFocus && !el.contains(ui.shadow.activeElement)) (v.actions.querySelector("button") || ui.dialNumber).focus();
+      // Move only what is out of place (moving the focused element would blur it), then drop the rest.
+      wanted.forEach((el, i) => {
+        if (v.actions.children[i] !== el) v.actions.insertBefore(el, v.actions.children[i] || null);
+      });
+      while (v.actions.children.length > wanted.length) v.actions.lastElementChild.remove();
+      if (hadFocus && !el.contains(ui.shadow.activeElement)) (v.actions.querySelector("button") || homeFocus()).focus();
     }
 
     function callButton(v, verb, button) {
       const id = v.id;
       switch (verb) {
         case "consult":
-          return withNumber(button, (n) => consult(id, n));
         case "blindTransfer":
-          return withNumber(button, (n) => blindTransfer(id, n));
         case "sendDigits":
-          return withNumber(button, (n) => sendDigits(id, n), "digits_needed");
+          return openPad(v, verb, button);
         default:
           return uiAction(button, () => api[verb](id));
       }
@@ -1668,10 +1746,48 @@
 
     function renderPad() {
       const live = Array.from(calls.values()).some((c) => LIVE.indexOf(c.state) >= 0);
-      ui.dialCall.hidden = live;
-      ui.dialConsult.hidden = !pickCall("consult");
-      ui.dialTransfer.hidden = !pickCall("blindTransfer");
-      ui.dialDtmf.hidden = !pickCall("sendDigits");
+      const call = ui.padMode ? calls.get(ui.padCall) : null;
+      if (ui.padMode && (!call || (call.actions || []).indexOf(ui.padMode) < 0 || !ui.padAnchor.isConnected)) {
+        return closePad(false); // the call moved on (held, transferred, gone): so does its popover
+      }
+      const mode = ui.padMode;
+      const pad = ui.pad;
+      const hadFocus = pad.contains(ui.shadow.activeElement);
+      pad.hidden = live && !mode; // in place only while no call is live
+      pad.classList.toggle("popped", !!mode);
+      pad.setAttribute("role", mode ? "dialog" : "group");
+      if (mode) {
+        pad.removeAttribute("aria-label");
+        pad.setAttribute("aria-labelledby", "cti-pad-title");
+      } else {
+        pad.removeAttribute("aria-labelledby");
+        pad.setAttribute("aria-label", t("dialpad"));
+      }
+      ui.padHead.hidden = !mode;
+      if (!mode) ui.padHint.hidden = true;
+      if (mode) ui.padTitle.textContent = t("pad_for", {action: t(`action_${mode}`), number: callNumber(call)});
+      const digitsOnly = mode === "sendDigits";
+      ui.dialNumber.placeholder = t(digitsOnly ? "dial_digits" : "dial_number");
+      ui.dialNumber.setAttribute("aria-label", ui.dialNumber.placeholder);
+      ui.dialCall.hidden = live || !!mode;
+      ui.dialConsult.hidden = mode !== "consult";
+      ui.dialTransfer.hidden = mode !== "blindTransfer";
+      ui.dialDtmf.hidden = mode !== "sendDigits";
+      if (pad.hidden && ui.keysOpen) toggleKeys(false);
+      if (mode) placePad();
+      if ((hadFocus && pad.hidden) || ui.refocus) homeFocus().focus();
+      ui.refocus = false;
+    }
+
+    /** The popover under the button that opened it, inside the bar's width (the panel shows it in place). */
+    function placePad() {
+      const style = ui.pad.style;
+      if (layout !== "bar") return;
+      const box = ui.box.getBoundingClientRect();
+      const anchor = ui.padAnchor.getBoundingClientRect();
+      const left = Math.min(anchor.left - box.left, box.width - ui.pad.offsetWidth - 8);
+      style.top = `${Math.round(anchor.bottom - box.top + 4)}px`;
+      style.left = `${Math.round(Math.max(4, left))}px`;
     }
 
     /** Once a second: the timers, and the retry countdown. */
@@ -1679,6 +1795,7 @@
       if (!ui) return;
       if (socket !== "open") renderConnection(connState);
       if (!agent || ui.main.hidden) return;
+      if (ui.padMode) placePad(); // the bar may have been resized
       const now = Date.now();
       const since = Date.parse(agent.stateSince);
       ui.timer.textContent = duration(since ? now + clockOffset - since : now - stateSeenAt);
