@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import atexit
 import logging
+import signal
 import sys
+import threading
 from typing import Any, Mapping
 
 from flask import Flask, Response, jsonify
@@ -35,6 +37,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, config_file: str | No
 
     @app.get("/healthz")
     def healthz() -> Any:
+        if bridge.draining:  # SIGTERM: a load balancer stops sending new sockets here
+            return jsonify(status="draining", agents=len(bridge.registry), sockets=bridge.sockets), 503
         return jsonify(status="ok", agents=len(bridge.registry), sockets=bridge.sockets,
                        nodes=[n.url for n in bridge.nodes.nodes])
 
@@ -98,8 +102,33 @@ def main(argv: list[str] | None = None) -> int:
                   f"  Simulator   {overrides['DEMO_SIMULATOR_CONSOLE']}  (ring an agent, hang up as the caller)"]
     lines += [f"  Bridge      {base}/  (WebSocket ws://{browser_host}:{args.port}/rpc)", rule]
     print("\n".join(lines), flush=True)
-    app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+    serve(app, args.host, args.port)
     return 0
+
+
+def serve(app: Flask, host: str, port: int) -> None:
+    """Serve until SIGTERM or Ctrl-C, then shut down gracefully (docs/operations.md): stop listening,
+    close the sockets with 1012, stop the webhook worker, hold the XMPP sessions, close them."""
+    from werkzeug.serving import make_server
+
+    server = make_server(host, port, app, threaded=True)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stopping.is_set():  # a second signal: end the XMPP hold now
+            hold_over.set()
+            return
+        stopping.set()
+        threading.Thread(target=server.shutdown, name="bridge-stop", daemon=True).start()
+
+    hold_over = threading.Event()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()  # no more connections: a replacement may bind the port now
+        app.extensions["cti_bridge"].shutdown(stop=hold_over)
 
 
 if __name__ == "__main__":

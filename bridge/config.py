@@ -25,6 +25,12 @@ DEFAULTS: dict[str, Any] = {
     "XMPP_CONNECT_TIMEOUT": 10.0,
     "XMPP_RECONNECT_MIN_SECONDS": 1.0,
     "XMPP_RECONNECT_MAX_SECONDS": 30.0,
+    # Node failover (bridge/failover.py, finesse.md 10): SystemInfo polling while a node is suspect, the
+    # most reconnects and re-syncs in flight toward Finesse, and how long XMPP may refuse an in-service
+    # node before its agents move to the other node (well inside Finesse's 60 s presence grace)
+    "FAILOVER_POLL_SECONDS": 5.0,
+    "FAILOVER_MAX_CONCURRENT": 50,
+    "FAILOVER_SWITCH_SECONDS": 15.0,
     # Browser side
     "ALLOWED_ORIGINS": [],  # the bridge's own origin is always allowed
     "SESSION_GRACE_SECONDS": 120.0,
@@ -53,6 +59,10 @@ DEFAULTS: dict[str, Any] = {
     # The demo CRM at /demo: a link to the simulator's console (python app.py --simulator sets it)
     "DEMO_SIMULATOR_CONSOLE": None,
     # Process
+    # On SIGTERM (docs/operations.md): how long agents' XMPP sessions stay open after the sockets were
+    # closed with 1012, so that a replacement process signs them in again before Finesse logs them out
+    # (Finesse: 60 s after their presence goes). gunicorn's --graceful-timeout must be longer.
+    "SHUTDOWN_XMPP_HOLD_SECONDS": 30.0,
     # The "bridge" logger's level (DEBUG, INFO, ...); None leaves logging as the process set it up
     # (python app.py: INFO). create_app must not change a process-wide logger on every call.
     "LOG_LEVEL": None,
@@ -111,6 +121,8 @@ def _validate(config: dict[str, Any]) -> None:
         Store.from_url(config["DATABASE_URL"])
     except ValueError as exc:
         raise ConfigError(f"DATABASE_URL: {exc}") from None
+    if config["FAILOVER_POLL_SECONDS"] <= 0 or config["FAILOVER_MAX_CONCURRENT"] < 1:
+        raise ConfigError("FAILOVER_POLL_SECONDS and FAILOVER_MAX_CONCURRENT: must be positive")
     if config["MAX_BATCH"] < 1 or config["REPLAY_BUFFER_EVENTS"] < 1:
         raise ConfigError("MAX_BATCH and REPLAY_BUFFER_EVENTS: must be at least 1")
 

@@ -12,13 +12,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from .failover import IN_SERVICE, NodeWatcher
 from .metrics import Metrics
 from .profiles import Profiles
 from .records import RecordHook, RecordQueue, RecordWriter
 from .errors import BadCredentials, InvalidParams, NotSignedIn
 from .finesse.model import Agent, Call, Update, is_loopback
 from .finesse.notify import AgentConnection, NotifyHub
-from .finesse.rest import FinesseNodes, FinesseRest, NodeAddress
+from .finesse.rest import FinesseNodes, FinesseRest, NodeAddress, SystemInfoProbe
 from .screenpop import ScreenPop
 from .sessions import AgentSession, SessionRegistry, Socket
 from .store import Store
@@ -58,6 +59,7 @@ class Bridge:
         self.config = config
         self.nodes = FinesseNodes([NodeAddress.from_config(n) for n in config["FINESSE_NODES"]])
         self.registry = SessionRegistry()
+        self.failover = self._watcher(config)
         self.screenpop = ScreenPop.from_config(config)  # checks the rules: ConfigError at start
         self._hub: NotifyHub | None = None
         self._hub_lock = threading.Lock()
@@ -92,11 +94,13 @@ class Bridge:
                 self._hub = NotifyHub(ca_bundle=c["FINESSE_CA_BUNDLE"], ping_interval=c["XMPP_PING_SECONDS"],
                                       connect_timeout=c["XMPP_CONNECT_TIMEOUT"],
                                       reconnect_min=c["XMPP_RECONNECT_MIN_SECONDS"],
-                                      reconnect_max=c["XMPP_RECONNECT_MAX_SECONDS"])
+                                      reconnect_max=c["XMPP_RECONNECT_MAX_SECONDS"],
+                                      max_concurrent=self.failover.max_concurrent)
                 self._hub.start()
             return self._hub
 
     def close(self) -> None:
+        self.failover.stop()
         for session in self.registry.all():
             self.finish(session, "shutdown", sign_out_xmpp=True)
         with self._hub_lock:
@@ -178,7 +182,8 @@ class Bridge:
         link.xmpp = self.hub.connect(
             user=user.id, password=secret, host=node.xmpp_host, port=node.xmpp_port, domain=info.xmppDomain,
             tls=self._tls(node.xmpp_host), on_update=self._updates_for(session),
-            on_state=self._states_for(session, info.xmppDomain))
+            on_state=self._states_for(session, info.xmppDomain), pubsub=info.pubsubDomain or None,
+            route=self._route)
         try:
             agent, calls = link.get_user(), link.get_calls()
         except Exception:
@@ -202,6 +207,8 @@ class Bridge:
     def _updates_for(self, session: AgentSession) -> Callable[..., None]:
         def on_update(*args: Any) -> None:
             update: Update = args[-1]
+            if update.kind == "systeminfo" and update.system is not None:
+                self._learn_from(session, update)
             session.on_update(update)
             self.metrics.finesse_events.labels(update.kind).inc()
             if update.kind == "user" and update.user is not None:
@@ -218,39 +225,122 @@ class Bridge:
 
         After a reconnect the ``finesse`` user's presence arrives before the XMPP connection reports
         itself connected (that waits for a ping round trip), so the link state is kept here rather
-        than read back from the session's reported state: the re-sync must not be skipped.
+        than read back from the session's reported state: the re-sync must not be skipped. While
+        down: "reconnecting" to the same node, "degraded" while no node is in service, "failover"
+        once moving to another node (bridge/failover.py); each drop or presence loss makes the
+        node suspect, so SystemInfo is polled.
         """
-        link = {"down": False, "finesse": "available"}
+        link = {"down": False, "finesse": "available", "label": "reconnecting"}
 
         def reported() -> str:
             return "connected" if link["finesse"] == "available" else "degraded"
 
+        def where() -> tuple[str, NodeAddress | None]:
+            conn = session.backend.xmpp if session.backend is not None else None
+            if conn is None:
+                return domain, None
+            return conn.domain, self.failover.node_at(conn.host, conn.port)
+
         def on_state(kind: str, state: str) -> None:
+            at, node = where()
             if kind == "xmpp":
                 if state == "connected":
                     if link["down"]:
-                        link["down"] = False
-                        session.set_connection(reported(), domain)
+                        link["down"], link["label"] = False, "reconnecting"
+                        session.set_connection(reported(), at)
                         self.workers.submit(self._resync, session)
                 elif state in ("disconnected", "reconnecting"):
+                    if state == "disconnected":
+                        link["label"] = "reconnecting"
+                        self.failover.suspect(node)
                     link["down"] = True
-                    session.set_connection("reconnecting", domain)
+                    session.set_connection(str(link["label"]), at)
+                elif state == "waiting":  # no node in service
+                    link["down"], link["label"] = True, "degraded"
+                    session.set_connection("degraded", "")
+                elif state == "failover":  # moving to another node
+                    link["down"], link["label"] = True, "failover"
+                    session.set_connection("failover", at)
                 elif state == "failed":  # credentials refused on reconnect: no more attempts
                     link["down"] = True
-                    session.set_connection("disconnected", domain)
+                    session.set_connection("disconnected", at)
             elif kind == "finesse":
-                link["finesse"] = state
+                was, link["finesse"] = link["finesse"], state
+                if state == "unavailable":
+                    self.failover.suspect(node)
                 if not link["down"]:
-                    session.set_connection(reported(), domain)
+                    session.set_connection(reported(), at)
+                    if was == "unavailable" and state == "available":  # it published nothing meanwhile
+                        self.workers.submit(self._resync, session)
         return on_state
+
+    # -- failover (bridge/failover.py) -------------------------------------------------------
+
+    def _watcher(self, config: dict[str, Any]) -> NodeWatcher:
+        probe = SystemInfoProbe(ca_bundle=config.get("FINESSE_CA_BUNDLE"),
+                                timeout=(config.get("FINESSE_CONNECT_TIMEOUT", 3.05),
+                                         config.get("FINESSE_READ_TIMEOUT", 10.0)))
+        watcher = NodeWatcher(self.nodes, probe, poll_seconds=config.get("FAILOVER_POLL_SECONDS", 5.0),
+                              max_concurrent=config.get("FAILOVER_MAX_CONCURRENT", 50),
+                              switch_after=config.get("FAILOVER_SWITCH_SECONDS", 15.0))
+        self.nodes.gate = watcher
+        watcher.add_listener(self._node_changed)
+        return watcher
+
+    def _route(self, host: str, port: int, down_for: float) -> tuple[str, int, str, str] | None:
+        """Where an agent's XMPP reconnects (runs in the XMPP loop: no blocking)."""
+        current = self.failover.node_at(host, port)
+        target = self.failover.choose(current, down_for)
+        if target is None:
+            return None
+        info = self.failover.info(target)
+        if target == current:
+            return (host, port, info.xmppDomain, info.pubsubDomain or f"pubsub.{info.xmppDomain}") if info else \
+                (host, port, "", "")
+        if info is None:  # its XMPP domain is not known yet: poll, and wait for it
+            self.failover.suspect(None)
+            return None
+        return target.xmpp_host, target.xmpp_port, info.xmppDomain, info.pubsubDomain or f"pubsub.{info.xmppDomain}"
+
+    def _learn_from(self, session: AgentSession, update: Update) -> None:
+        conn = session.backend.xmpp if session.backend is not None else None
+        node = self.failover.node_at(conn.host, conn.port) if conn is not None else None
+        if node is not None and update.system is not None:
+            self.failover.learn(node, update.system)
+
+    def _node_changed(self, node: NodeAddress, status: str) -> None:
+        """A node left or came back into service: move its agents away, or re-sync them."""
+        for session in self.registry.all():
+            conn = session.backend.xmpp if session.backend is not None else None
+            if conn is None or not conn.connected or self.failover.node_at(conn.host, conn.port) != node:
+                continue
+            if status == IN_SERVICE:
+                session.set_connection("connected", conn.domain)
+                self.workers.submit(self._resync, session)
+            else:
+                session.set_connection("degraded", conn.domain)
+        if status != IN_SERVICE:
+            self.workers.submit(self._move_off, node)
+
+    def _move_off(self, node: NodeAddress) -> None:
+        """Agents on a node out of service move to another node, once a fresh SystemInfo shows it in
+        service; with none, they keep their XMPP session (and presence) where it is (finesse.md 10.2)."""
+        target = self.failover.choose(node, float("inf"))
+        if target is None or target == node or not self.failover.refresh(target) or self.failover.in_service(node):
+            return
+        for session in self.registry.all():
+            conn = session.backend.xmpp if session.backend is not None else None
+            if conn is not None and conn.connected and self.failover.node_at(conn.host, conn.port) == node:
+                conn.failover()
 
     def _resync(self, session: AgentSession) -> None:
         backend = session.backend
         if backend is None or session.closed:
             return
         try:
-            agent = backend.get_user()
-            calls = [] if agent.state == "LOGOUT" else backend.get_calls()
+            with self.failover.rest_slots:  # bounded concurrency toward Finesse
+                agent = backend.get_user()
+                calls = [] if agent.state == "LOGOUT" else backend.get_calls()
             session.resync(agent, calls)
         except Exception as exc:  # logged; the next reconnect tries again
             log.warning("agent %s: re-sync after reconnect failed: %s", session.agent.id, type(exc).__name__)
@@ -288,3 +378,40 @@ class Bridge:
                 session.backend.close()
             except Exception as exc:
                 log.warning("agent %s: closing XMPP failed: %s", session.agent.id, type(exc).__name__)
+
+    # -- graceful shutdown (docs/operations.md) ----------------------------------------------
+
+    draining = False  # set by drain(): ws.py answers new WebSockets with 503
+    drain_hooks: list[Callable[[], None]]  # ws.py: close every socket with 1012
+
+    def drain(self) -> None:
+        """The first half of a SIGTERM: refuse new sockets, close every socket with 1012 (service
+        restart), write the waiting records and stop the webhook worker (in-flight deliveries
+        finish within its shutdown_seconds; the others keep their outbox rows for the next
+        process). Agents' XMPP sessions stay open: ``shutdown`` closes them after the hold."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("shutting down: closing %d sockets with 1012, keeping %d agents' XMPP sessions",
+                 self.sockets, len(self.registry))
+        for hook in list(getattr(self, "drain_hooks", ())):
+            try:
+                hook()
+            except Exception:
+                log.exception("shutdown: a drain hook failed")
+        self.records.flush(timeout=self.config["DATABASE_TIMEOUT_SECONDS"])
+        if self.webhooks is not None:
+            self.webhooks.close()
+
+    def shutdown(self, hold: float | None = None, stop: threading.Event | None = None) -> None:
+        """A whole SIGTERM: ``drain``, then keep the agents' XMPP sessions (their presence) for
+        ``hold`` seconds (``SHUTDOWN_XMPP_HOLD_SECONDS``; ``stop`` ends the wait early), then
+        ``close``. Finesse logs an agent out 60 s after its presence goes, so a replacement
+        process that signs the agent in within hold + 60 s keeps the agent signed in."""
+        self.drain()
+        hold = self.config["SHUTDOWN_XMPP_HOLD_SECONDS"] if hold is None else hold
+        if len(self.registry) and hold > 0:
+            log.info("shutting down: holding %d XMPP sessions for %.0f s", len(self.registry), hold)
+            (stop or threading.Event()).wait(hold)
+        self.close()
+

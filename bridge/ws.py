@@ -104,7 +104,16 @@ def _origin_allowed(origin: str | None, allowed: list[str]) -> bool:
 def init_app(app: Flask, bridge: Any) -> None:
     per_ip: Counter[str] = Counter()
     per_ip_lock = threading.Lock()
+    open_connections: set[Connection] = set()  # closed with 1012 when the bridge drains
     config = bridge.config
+
+    def close_all() -> None:
+        with per_ip_lock:
+            connections = list(open_connections)
+        for connection in connections:
+            connection.close(1012, "service restart")
+
+    bridge.drain_hooks = [*getattr(bridge, "drain_hooks", []), close_all]
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": config["WS_PING_SECONDS"] or None,
                                          "max_message_size": config["MAX_MESSAGE_BYTES"]}
 
@@ -112,6 +121,8 @@ def init_app(app: Flask, bridge: Any) -> None:
     def check_upgrade() -> Any:
         if request.path != "/rpc":
             return None
+        if getattr(current_app.extensions["cti_bridge"], "draining", False):
+            return jsonify(error="the bridge is shutting down; connect to another instance"), 503
         origin = request.headers.get("Origin")
         if not _origin_allowed(origin, config["ALLOWED_ORIGINS"]):
             log.warning("refused a WebSocket from origin %s", origin)
@@ -131,6 +142,9 @@ def init_app(app: Flask, bridge: Any) -> None:
         with per_ip_lock:
             per_ip[address] += 1
             bridge.sockets += 1
+            open_connections.add(connection)
+        if getattr(bridge, "draining", False):  # it drained between the check and the upgrade
+            connection.close(1012, "service restart")
         try:
             while True:
                 message = ws.receive()
@@ -149,6 +163,7 @@ def init_app(app: Flask, bridge: Any) -> None:
                 connection.session.detach(connection)
             connection.stop()
             with per_ip_lock:
+                open_connections.discard(connection)
                 per_ip[address] -= 1
                 if per_ip[address] <= 0:
                     del per_ip[address]

@@ -12,11 +12,15 @@ schedules the close). Exceptions they raise are logged and swallowed.
 
     on_update(node, update)   a parsed ``<Update>`` and the pubsub node it came on (finesse.md 9.4);
                               malformed or hostile payloads are logged (never their text) and dropped
-    on_state(kind, state)     ("xmpp", "connected" | "disconnected" | "reconnecting" | "failed")
+    on_state(kind, state)     ("xmpp", "connected" | "disconnected" | "reconnecting" | "waiting" |
+                               "failover" | "failed")
                               ("finesse", "available" | "unavailable"): the ``finesse`` user (9.7)
 
 "connected" comes after every sign-in, the first included. After an unexpected drop: "disconnected",
-then "reconnecting" before each attempt (same host and port, ``backoff_delay``), then "connected".
+then "reconnecting" before each attempt (``backoff_delay``), then "connected". With a ``route``
+(failover, bridge/failover.py) each attempt goes where it says: "failover" when that is another
+node (new JID in its domain), "waiting" once while no node is in service. Reconnect attempts run
+at most ``max_concurrent`` at a time per hub.
 "failed": the server refused the credentials while reconnecting; retrying would only lock the
 account out, so the connection gives up. After ``close()`` returns no callback fires.
 """
@@ -31,9 +35,9 @@ from typing import Any, Coroutine, TypeVar
 
 from ..errors import Timeout
 from .model import is_loopback
-from .xmppclient import CLOSE_WAIT, SASL_FILTER, AgentConnection, OnState, OnUpdate, backoff_delay
+from .xmppclient import CLOSE_WAIT, SASL_FILTER, AgentConnection, OnState, OnUpdate, Route, backoff_delay
 
-__all__ = ["NotifyHub", "AgentConnection", "OnUpdate", "OnState", "backoff_delay"]
+__all__ = ["NotifyHub", "AgentConnection", "OnUpdate", "OnState", "Route", "backoff_delay"]
 
 T = TypeVar("T")
 
@@ -45,7 +49,7 @@ class NotifyHub:
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, ca_bundle: str | None = None,
                  ping_interval: float = 10.0, connect_timeout: float = 10.0,
-                 reconnect_min: float = 1.0, reconnect_max: float = 30.0) -> None:
+                 reconnect_min: float = 1.0, reconnect_max: float = 30.0, max_concurrent: int = 50) -> None:
         if ssl_context is not None and ca_bundle is not None:
             raise ValueError("give ssl_context or ca_bundle, not both")
         context = ssl_context or ssl.create_default_context(cafile=ca_bundle)  # the bundle replaces the system's
@@ -60,6 +64,14 @@ class NotifyHub:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._connections: set[AgentConnection] = set()
+        self.max_concurrent = max(1, int(max_concurrent))
+        self._slots: asyncio.Semaphore | None = None
+
+    def _reconnect_slots(self) -> asyncio.Semaphore:
+        """Bounds the reconnects in flight toward Finesse (in the loop only)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrent)
+        return self._slots
 
     def start(self) -> NotifyHub:
         """Start the loop thread (nothing connects until ``connect``)."""
@@ -93,12 +105,14 @@ class NotifyHub:
             self._loop = self._thread = None
 
     def connect(self, *, user: str, password: str, host: str, port: int, domain: str, tls: str,
-                on_update: OnUpdate, on_state: OnState, pubsub: str | None = None) -> AgentConnection:
+                on_update: OnUpdate, on_state: OnState, pubsub: str | None = None,
+                route: Route | None = None) -> AgentConnection:
         """Sign ``user`` in to the notification service and return once presence is sent.
 
         ``tls`` is "starttls" (required, certificate verified against ``domain``) or "none" (loopback
         hosts only). ``pubsub`` is the pubsub service JID (SystemInfo ``xmppPubSubDomain``; default
-        ``pubsub.{domain}``): events from anyone else are ignored. Raises BadCredentials,
+        ``pubsub.{domain}``): events from anyone else are ignored. ``route`` (failover) says where
+        each reconnect goes; without it, always the same host and port. Raises BadCredentials,
         Unavailable or Timeout. Thread-safe; not from the hub's own thread.
         """
         if tls not in ("starttls", "none"):
@@ -107,7 +121,7 @@ class NotifyHub:
             raise ValueError(f"plaintext XMPP is allowed only to a loopback address, not {host!r}")
         conn = AgentConnection(self, user=user, password=password, host=host, port=port, domain=domain,
                                tls=tls, pubsub=pubsub or f"pubsub.{domain}", on_update=on_update,
-                               on_state=on_state)
+                               on_state=on_state, route=route)
 
         async def open_() -> AgentConnection:
             with self._lock:

@@ -10,7 +10,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Protocol
 from urllib.parse import quote, urlsplit
 from xml.etree.ElementTree import Element
 
@@ -94,8 +94,22 @@ class NodeAddress:
         return cls(url, host, port)
 
 
+class NodeGate(Protocol):
+    """What REST asks of the failover watcher (``bridge.failover.NodeWatcher``)."""
+
+    def in_service(self, node: NodeAddress) -> bool: ...
+
+    def learn(self, node: NodeAddress, info: SystemInfo) -> None: ...
+
+    def suspect(self, node: NodeAddress | None) -> None: ...
+
+
 class FinesseNodes:
-    """The configured nodes and the preferred one, shared by every agent of a process."""
+    """The configured nodes and the preferred one, shared by every agent of a process.
+
+    With a ``gate`` (the failover watcher) requests go only to nodes it reports in service, and
+    fail at once with Unavailable when there is none.
+    """
 
     def __init__(self, nodes: Iterable[NodeAddress]) -> None:
         self.nodes = tuple(nodes)
@@ -106,6 +120,7 @@ class FinesseNodes:
         self._lock = threading.Lock()
         self._current = 0
         self._failed: set[NodeAddress] = set()
+        self.gate: NodeGate | None = None
 
     @classmethod
     def from_config(cls, entries: Iterable[Mapping[str, Any]]) -> FinesseNodes:
@@ -311,6 +326,8 @@ class FinesseRest:
 
     def _system_info_of(self, node: NodeAddress, request_id: str | None) -> SystemInfo:
         info = model.parse_system_info(self._get(f"{API}/SystemInfo", "SystemInfo", node=node, request_id=request_id))
+        if self.nodes.gate is not None:
+            self.nodes.gate.learn(node, info)
         (self.nodes.mark_good if info.status == "IN_SERVICE" else self.nodes.mark_failed)(node)
         return info
 
@@ -337,7 +354,13 @@ class FinesseRest:
         if body is not None:
             headers["Content-Type"] = "application/xml"
         last: Exception = Unavailable()
-        for candidate in [node] if node is not None else self.nodes.order():
+        candidates = [node] if node is not None else self.nodes.order()
+        gate = self.nodes.gate
+        if node is None and gate is not None:
+            candidates = [c for c in candidates if gate.in_service(c)]
+            if not candidates:  # fail fast: nothing would answer but 503 or a timeout (finesse.md 10.6)
+                raise Unavailable("No Finesse node is in service")
+        for candidate in candidates:
             try:
                 status, content = self._exchange(candidate, method, path, body, params, headers)
             except requests.RequestException as exc:
@@ -345,6 +368,8 @@ class FinesseRest:
                 if not isinstance(exc, requests.ConnectionError) or _is_read_timeout(exc):
                     raise translate(exc) from exc  # a read timeout is never retried: the action may have happened
                 self.nodes.mark_failed(candidate)
+                if gate is not None:
+                    gate.suspect(candidate)
                 if method != "GET" and not _before_sending(exc):
                     raise translate(exc) from exc
                 log.warning("Finesse node %s: %s on %s %s", candidate.url, type(exc).__name__, method, path)
@@ -352,6 +377,8 @@ class FinesseRest:
                 continue
             if status == 503:
                 self.nodes.mark_failed(candidate)
+                if gate is not None:
+                    gate.suspect(candidate)
                 log.warning("Finesse node %s: 503 on %s %s", candidate.url, method, path)
                 last = FinesseReply(status, method, path, self._api_errors(content))
                 continue
@@ -387,3 +414,37 @@ class FinesseRest:
         for secret in self._secrets:
             value = value.replace(secret, "***")
         return value
+
+
+class SystemInfoProbe:
+    """Unauthenticated GET SystemInfo of one node at a time, for the failover watcher's polling."""
+
+    def __init__(self, *, ca_bundle: str | None = None, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
+        self._timeout, self._verify = timeout, ca_bundle or True
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = self._verify
+        session.headers["Accept"] = "application/xml"
+        self._session = session
+
+    def __call__(self, node: NodeAddress) -> SystemInfo:
+        """The node's SystemInfo; Unavailable when it does not answer 200 with one."""
+        try:
+            with self._session.get(node.url + f"{API}/SystemInfo", timeout=self._timeout, verify=self._verify,
+                                   allow_redirects=False, stream=True) as response:
+                content = response.raw.read(model.MAX_DOCUMENT_BYTES + 1, decode_content=True)
+                status = response.status_code
+        except requests.RequestException as exc:
+            raise translate(exc) from None
+        if status != 200:
+            raise Unavailable(f"SystemInfo of {node.url}: HTTP {status}")
+        try:
+            doc = model.parse_document(content)
+            if doc.tag.rsplit("}", 1)[-1].lower() != "systeminfo":
+                raise XmlError("expected <SystemInfo>")
+        except XmlError as exc:
+            raise translate(exc) from None
+        return model.parse_system_info(doc)
+
+    def close(self) -> None:
+        self._session.close()

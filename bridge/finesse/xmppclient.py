@@ -21,7 +21,7 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from ..errors import BadCredentials, FinesseError, Timeout, Unavailable
-from .model import Update, XmlError, parse_update
+from .model import Update, XmlError, is_loopback, parse_update
 
 if TYPE_CHECKING:
     from .notify import NotifyHub
@@ -30,6 +30,9 @@ log = logging.getLogger("bridge.finesse.notify")
 
 OnUpdate = Callable[[str, Update], None]
 OnState = Callable[[str, str], None]
+# Where to reconnect: (current host, port, seconds since the drop) -> (host, port, domain, pubsub), or
+# None to wait (no node in service). It must not block: it runs in the loop (bridge/failover.py).
+Route = Callable[[str, int, float], "tuple[str, int, str, str] | None"]
 
 EVENT = "{http://jabber.org/protocol/pubsub#event}"
 PUBSUB = "{http://jabber.org/protocol/pubsub}"
@@ -64,9 +67,12 @@ class AgentConnection:
     """One agent's XMPP session: presence, keepalive, pubsub events, reconnects. Built by the hub."""
 
     def __init__(self, hub: NotifyHub, *, user: str, password: str, host: str, port: int, domain: str,
-                 tls: str, pubsub: str, on_update: OnUpdate, on_state: OnState) -> None:
+                 tls: str, pubsub: str, on_update: OnUpdate, on_state: OnState,
+                 route: Route | None = None) -> None:
         self.hub, self.host, self.port, self.domain, self.pubsub = hub, host, port, domain, pubsub
+        self._user, self._route = user, route
         self.jid = f"{user}@{domain}/cti-{secrets.token_hex(6)}"  # unique resource (finesse.md 9.2)
+        self._down_since = 0.0
         self._password, self._tls = password, tls
         self._on_update, self._on_state = on_update, on_state
         self._client: ClientXMPP | None = None
@@ -102,6 +108,17 @@ class AgentConnection:
             self.hub._submit(self._close())
         else:
             self.hub._run(self._close(), timeout)
+
+    def failover(self) -> None:
+        """Leave the current node (it is out of service): drop the session and reconnect where the
+        route says, after the usual jittered delay. Thread-safe; does nothing while not connected."""
+        def drop() -> None:
+            if self._up and not self._closed and self._client is not None:
+                log.info("%s: leaving %s:%d (node out of service)", self.jid, self.host, self.port)
+                self._client.abort()
+        loop = self.hub._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(drop)
 
     # -- everything below runs in the hub's loop ---------------------------------------------------
 
@@ -200,16 +217,36 @@ class AgentConnection:
             self._on_bad_certificate(reason)
         self._settle(Unavailable(f"{self.host}:{self.port} closed the connection during sign-in"))
         if was_up and not self._closed:
+            self._down_since = asyncio.get_running_loop().time()
             self._state("xmpp", "disconnected")
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        attempt = 0
+        """Jittered backoff; before each attempt the route (failover) says which node, if any."""
+        attempt, waiting = 0, False
+        loop = asyncio.get_running_loop()
         while not self._closed:
             self._state("xmpp", "reconnecting")
             await asyncio.sleep(backoff_delay(attempt, self.hub.reconnect_min, self.hub.reconnect_max))
+            if self._closed:
+                return
+            if self._route is not None:
+                target = self._route(self.host, self.port, loop.time() - self._down_since)
+                if target is None:  # no node in service: wait for one (finesse.md 10.2)
+                    if not waiting:
+                        waiting = True
+                        self._state("xmpp", "waiting")
+                    attempt = min(attempt + 1, 3)  # ready to go soon (jittered) once a node is back
+                    continue
+                waiting = False
+                if (target[0], target[1]) != (self.host, self.port):  # the same node keeps its domain
+                    if self._tls == "none" and not is_loopback(target[0]):
+                        log.warning("%s: not failing over to %s in plaintext", self.jid, target[0])
+                    else:
+                        self._move_to(*target)
             try:
-                await self._sign_in()
+                async with self.hub._reconnect_slots():
+                    await self._sign_in()
                 return
             except BadCredentials:
                 log.warning("%s: credentials refused on reconnect; giving up", self.jid)
@@ -218,6 +255,17 @@ class AgentConnection:
             except FinesseError as exc:
                 log.info("%s: reconnect attempt %d failed: %s", self.jid, attempt + 1, exc.message)
                 attempt += 1
+
+    def _move_to(self, host: str, port: int, domain: str, pubsub: str) -> None:
+        """Another node: another XMPP domain, so a new JID and a new client (finesse.md 10.3)."""
+        old = self._client
+        if old is not None and old._run_out_filters is not None:
+            old._run_out_filters.cancel()
+        log.info("%s: failing over to %s:%d", self.jid, host, port)
+        self.host, self.port, self.domain, self.pubsub = host, port, domain, pubsub
+        self.jid = f"{self._user}@{domain}/cti-{secrets.token_hex(6)}"
+        self._build()
+        self._state("xmpp", "failover")
 
     def _on_presence(self, presence: Any) -> None:
         if presence["from"].bare.lower() != f"finesse@{self.domain}".lower():
