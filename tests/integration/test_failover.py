@@ -8,6 +8,8 @@ Waits are on notifications or on a polled condition with a deadline, never on a 
 """
 from __future__ import annotations
 
+import functools
+
 import time
 from typing import Any, Callable, Iterator
 
@@ -15,6 +17,9 @@ import pytest
 import requests
 
 from bridge.client import CtiClient, RpcError
+from tests.waiting import until
+
+_until = functools.partial(until, timeout=10.0)
 
 KEY = "it-failover-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -29,15 +34,6 @@ def _every_message_valid(stack: Any) -> Iterator[None]:
         assert client.validation_errors == []
 
 
-def _until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true within {timeout} s")
-        time.sleep(0.02)
 
 
 def _bridge(stack: Any) -> Any:

@@ -14,6 +14,9 @@ import pytest
 import requests
 
 from bridge.client import CtiClient
+from tests.waiting import until
+
+_until = until
 
 KEY = "it-records-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -48,15 +51,6 @@ def _stored(stack: Any, **params: Any) -> list[dict[str, Any]]:
     return list(_records(stack, limit=500, **params)["items"])
 
 
-def _until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true within {timeout} s")
-        time.sleep(0.02)
 
 
 def _for(call_id: str) -> Callable[[dict[str, Any]], bool]:

@@ -17,6 +17,9 @@ from bridge.client import CtiClient, RpcError
 from bridge.finesse.rest import FinesseRest
 
 from .conftest import PASSWORD
+from tests.waiting import until
+
+_until = until
 
 
 @pytest.fixture(autouse=True)
@@ -39,16 +42,6 @@ def finesse_logins(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def _until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it is truthy; its value. Fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true within {timeout} s")
-        time.sleep(0.02)
 
 
 def _sim_agent(stack: Any, agent_id: str) -> dict[str, Any]:
