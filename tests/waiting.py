@@ -15,3 +15,15 @@ def until(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condi
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not true within {timeout} s")
         time.sleep(every)
+
+
+def take_until(client: Any, method: str, predicate: Callable[[dict[str, Any]], bool] = lambda p: True,
+               timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Every notification a CtiClient receives up to and including the first ``method`` whose params match."""
+    deadline = time.monotonic() + timeout
+    notes = []
+    while True:
+        note = client.next_notification(max(0.01, deadline - time.monotonic()))
+        notes.append(note)
+        if note["method"] == method and predicate(note["params"]):
+            return list(notes)

@@ -32,8 +32,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from bridge.finesse.rest import FinesseRest
-from tests.integration.conftest import PASSWORD, Stack, stack  # noqa: F401  (the fixture, reused)
+from tests.integration.conftest import PASSWORD, Stack, finesse_logins, stack  # noqa: F401  (fixtures, reused)
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLBAR_JS = ROOT / "static" / "cti-toolbar.js"
@@ -302,17 +301,6 @@ def crm(driver: webdriver.Chrome, stack: Stack) -> Iterator[Crm]:
         driver.get("about:blank")  # close the page's WebSocket before the stack goes
 
 
-@pytest.fixture
-def finesse_logins(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every PUT LOGIN the bridge sends to Finesse (agent ids): the bridge runs in this process."""
-    calls: list[str] = []
-    real = FinesseRest.sign_in
-
-    def counting(self: FinesseRest, user_id: str, extension: str, **kwargs: Any) -> None:
-        calls.append(user_id)
-        real(self, user_id, extension, **kwargs)
-    monkeypatch.setattr(FinesseRest, "sign_in", counting)
-    return calls
 
 
 # -- reports -----------------------------------------------------------------------------------------

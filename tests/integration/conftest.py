@@ -10,6 +10,7 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from bridge.client import CtiClient
+from bridge.finesse.rest import FinesseRest
 from simulator.config import SimConfig
 from simulator.server import Simulator
 
@@ -136,3 +137,16 @@ def webhook_receiver() -> Iterator[Any]:
     receiver = Receiver().start()
     yield receiver
     receiver.stop()
+
+
+@pytest.fixture
+def finesse_logins(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every PUT LOGIN the bridge (running in this process) sends to Finesse: the agent ids."""
+    calls: list[str] = []
+    real = FinesseRest.sign_in
+
+    def counting(self: FinesseRest, user_id: str, extension: str, **kwargs: Any) -> None:
+        calls.append(user_id)
+        real(self, user_id, extension, **kwargs)
+    monkeypatch.setattr(FinesseRest, "sign_in", counting)
+    return calls

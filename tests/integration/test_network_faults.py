@@ -13,7 +13,7 @@ import pytest
 
 from bridge.client import CtiClient
 from tests.faultproxy import FaultProxy
-from tests.waiting import until
+from tests.waiting import take_until as _take_until, until
 
 from .conftest import PASSWORD
 
@@ -26,15 +26,6 @@ def proxy(stack: Any) -> Iterator[FaultProxy]:
         yield fault_proxy
 
 
-def _take_until(client: CtiClient, method: str, predicate: Callable[[dict[str, Any]], bool],
-                timeout: float = 10.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    notes = []
-    while True:
-        note = client.next_notification(max(0.01, deadline - time.monotonic()))
-        notes.append(note)
-        if note["method"] == method and predicate(note["params"]):
-            return notes
 
 
 def _through_proxy(stack: Any, proxy: FaultProxy) -> CtiClient:

@@ -18,6 +18,7 @@ import requests
 from bridge.client import CtiClient
 
 from .conftest import PASSWORD
+from tests.waiting import take_until as _take_until
 
 KEY = "it-admin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -48,16 +49,6 @@ def _every_message_valid(request: pytest.FixtureRequest) -> Iterator[None]:
         assert client.validation_errors == []
 
 
-def _take_until(client: CtiClient, method: str, predicate: Callable[[dict[str, Any]], bool] = lambda p: True,
-                timeout: float = 10.0) -> list[dict[str, Any]]:
-    """Every notification up to and including the first ``method`` whose params match."""
-    deadline = time.monotonic() + timeout
-    notes = []
-    while True:
-        note = client.next_notification(max(0.01, deadline - time.monotonic()))
-        notes.append(note)
-        if note["method"] == method and predicate(note["params"]):
-            return notes
 
 
 def _pops(notes: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,10 +14,9 @@ import pytest
 import requests
 
 from bridge.client import CtiClient, RpcError
-from bridge.finesse.rest import FinesseRest
 
 from .conftest import PASSWORD
-from tests.waiting import until
+from tests.waiting import take_until as _take_until, until
 
 _until = until
 
@@ -29,17 +28,6 @@ def _every_message_valid(stack: Any) -> Iterator[None]:
         assert client.validation_errors == []
 
 
-@pytest.fixture
-def finesse_logins(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every PUT LOGIN the bridge sends to Finesse (the agent ids)."""
-    calls: list[str] = []
-    real = FinesseRest.sign_in
-
-    def counting(self: FinesseRest, user_id: str, extension: str, **kwargs: Any) -> None:
-        calls.append(user_id)
-        real(self, user_id, extension, **kwargs)
-    monkeypatch.setattr(FinesseRest, "sign_in", counting)
-    return calls
 
 
 
@@ -65,16 +53,6 @@ def _wait_closed(client: CtiClient, timeout: float = 5.0) -> None:
             client.next_notification(max(0.01, deadline - time.monotonic()))
 
 
-def _take_until(client: CtiClient, method: str, predicate: Callable[[dict[str, Any]], bool],
-                timeout: float = 10.0) -> list[dict[str, Any]]:
-    """Every notification up to and including the first ``method`` whose params match."""
-    deadline = time.monotonic() + timeout
-    notes = []
-    while True:
-        note = client.next_notification(max(0.01, deadline - time.monotonic()))
-        notes.append(note)
-        if note["method"] == method and predicate(note["params"]):
-            return notes
 
 
 def _seqs(notes: list[dict[str, Any]]) -> list[int]:
