@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -143,9 +144,9 @@ async def wait_for_health(proc: Proc, http: aiohttp.ClientSession, url: str, sec
 class Baseline:
     """One agent's direct XMPP session; keeps (arrival µs, raw messages) and parses them afterwards."""
 
-    def __init__(self, user: str, port: int, domain: str) -> None:
+    def __init__(self, user: str, port: int, domain: str, tls: ssl.SSLContext | None) -> None:
         self.chunks: list[tuple[int, bytes]] = []
-        self.xmpp = RawAgent(user, port, domain, self._keep, resource="baseline")
+        self.xmpp = RawAgent(user, port, domain, self._keep, resource="baseline", tls=tls)
         self.extension = "7" + user
         # (dialog id, our notification) -> (publish µs, arrival µs) of the first item that causes it
         self.causes: dict[tuple[str, str], tuple[int, int]] = {}
@@ -357,9 +358,16 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
         async with asyncio.timeout(args.deadline):
             sim = Proc("simulator", [sys.executable, "-m", "simulator", "--agents", str(n), "--rest-port",
                                      str(rest_port), "--xmpp-port", str(xmpp_port), "--password", PASSWORD,
-                                     "--presence-grace", "600"], log_dir)
+                                     "--presence-grace", "600"] + (["--tls"] if args.tls else []), log_dir)
             procs.append(sim)
             await wait_for_line(sim, "console", 30)
+            tls_context: ssl.SSLContext | None = None
+            ca_path = os.path.join(log_dir, "finesse-ca.pem")
+            if args.tls:  # the simulator's generated certificate: the bridge and the baseline both verify it
+                async with http.get(base + "/sim/api/tls") as r:
+                    with open(ca_path, "wb") as handle:
+                        handle.write(await r.read())
+                tls_context = ssl.create_default_context(cafile=ca_path)
 
             env = dict(os.environ)
             env.update({
@@ -368,6 +376,11 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
                 "CTI_MAX_SOCKETS_PER_IP": str(n + 64),  # every bench socket comes from 127.0.0.1 (default 200)
                 "PYTHONUNBUFFERED": "1",
             })
+            if args.tls:
+                env.update({"CTI_XMPP_TLS": "starttls", "CTI_FINESSE_CA_BUNDLE": ca_path})
+            for pair in args.bridge_env:  # experiments: any bridge setting (CTI_...=value)
+                key, _, value = pair.partition("=")
+                env[key] = value
             if args.server == "gunicorn":
                 argv = [sys.executable, "-m", "gunicorn", "app:create_app()", "-k", "gthread", "-w", "1",
                         "--threads", str(threads), "--worker-connections", str(threads + 64),
@@ -391,7 +404,7 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
             callable_ids: list[str] = []
 
             async def listen(user: str) -> None:
-                listener = Baseline(user, xmpp_port, domain)
+                listener = Baseline(user, xmpp_port, domain, tls_context)
                 baselines[user] = listener
                 await listener.xmpp.connect()
                 async with http.get(f"{base}/finesse/api/User/{user}", headers=basic(user)) as r:
@@ -399,7 +412,8 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
                         callable_ids.append(user)
             t0 = time.monotonic()
             await gather_limited(100, [listen(u) for u in ids])
-            print(f"baseline: {len(baselines)} plain XMPP listeners (resource 'baseline') in "
+            print(f"baseline: {len(baselines)} plain XMPP listeners (resource 'baseline', "
+                  f"{'STARTTLS' if args.tls else 'no TLS'}) in "
                   f"{time.monotonic() - t0:.1f} s; {len(callable_ids)} agents take calls")
 
             rss_before = rss_kb(worker)
@@ -426,7 +440,7 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
                 except Exception as exc:  # counted; the run goes on with the others
                     run.error(f"sign-in {user}: {exc!r}")
             t0, cpu0 = time.monotonic(), cpu_seconds(worker)
-            await gather_limited(LOGIN_CONCURRENCY, [sign_in(u) for u in ids])
+            await gather_limited(args.login_concurrency, [sign_in(u) for u in ids])
             signin_s = time.monotonic() - t0
             signin_cpu = 100 * (cpu_seconds(worker) - cpu0) / signin_s
             if not signed_in:
@@ -435,17 +449,36 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
             rss_after = rss_kb(worker)
             threads_now = _threads(worker)
             print(f"sign-in: {len(signed_in)} of {len(agents)} agents through the bridge (WebSocket, session.login, agent.setState "
-                  f"READY, {LOGIN_CONCURRENCY} at a time) in {signin_s:.1f} s = {len(signed_in) / signin_s:.0f}/s; "
+                  f"READY, {args.login_concurrency} at a time) in {signin_s:.1f} s = {len(signed_in) / signin_s:.0f}/s; "
                   f"session.login p50 {sorted(login_s)[len(login_s) // 2] * 1000:.0f} ms, "
                   f"max {max(login_s, default=0) * 1000:.0f} ms; {which} at {signin_cpu:.0f}% of one core")
             print(f"memory ({which}, VmRSS): {rss_before / 1024:.0f} MB before sign-in, {rss_after / 1024:.0f} MB "
                   f"with {len(signed_in)} sockets signed in and READY = {(rss_after - rss_before) / len(signed_in):.0f} KB per agent; "
                   f"{threads_now} threads" + (f" (master {master_before / 1024:.0f} MB, not included)" if workers else "")
-                  + f"; permessage-deflate {'offered' if args.deflate else 'not offered'}")
+                  + f"; permessage-deflate {'offered' if args.deflate else 'not offered'}"
+                  + f"; XMPP {'STARTTLS' if args.tls else 'without TLS'}")
+            per_agent_kb = (rss_after - rss_before) / len(signed_in)
+            targets: list[str] = []
+
+            def target(name: str, value: float, limit: float, unit: str) -> None:
+                verdict = "met" if value <= limit else "NOT met"
+                targets.append(f"  {name}: {value:.2f}{unit} (target at most {limit:g}{unit}): {verdict}")
+            target(f"memory per signed-in agent at {len(signed_in)} agents", per_agent_kb, 200, " KB")
+            target(f"sign-in of {len(signed_in)} agents", signin_s, 30, " s")
+            if args.duration == 0:  # memory and sign-in only
+                ok = not run.errors and len(signed_in) == n
+                print("targets:\n" + "\n".join(targets))
+                if run.errors:
+                    print(f"errors ({len(run.errors)}):")
+                    for text in run.errors[:10]:
+                        print(f"  {text}")
+                return 0 if ok else 1
 
             # The storm.
             free = sorted(set(callable_ids) & set(signed_in), key=int)
             storm_us = time.time_ns() // 1000
+            answer_bridge: list[int] = []
+            answer_direct: list[int] = []
 
             async def call(user: str) -> None:
                 agent = agents[user]
@@ -456,9 +489,20 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
                             raise RuntimeError(f"place call to {user}: {r.status} {await r.text()}")
                         dialog_id = str((await r.json())["dialogId"])
                     run.placed += 1
+                    through_bridge = run.placed % 2 == 1
                     run.expected["call.ringing"] += 1
                     await agent.wait("call.ringing", dialog_id)
-                    await agent.call("call.answer", {"callId": dialog_id})
+                    began_ns = time.perf_counter_ns()
+                    if through_bridge:  # call.answer through the bridge (WebSocket -> bridge -> REST -> reply)
+                        await agent.call("call.answer", {"callId": dialog_id})
+                        answer_bridge.append((time.perf_counter_ns() - began_ns) // 1000)
+                    else:  # the same REST call, straight to Finesse, from this process (the baseline)
+                        async with http.put(f"{base}/finesse/api/Dialog/{dialog_id}", data=answer_body(agent.extension),
+                                            headers={**basic(user), "Content-Type": "application/xml"}) as r:
+                            await r.read()
+                            if r.status != 202:
+                                raise RuntimeError(f"direct ANSWER {dialog_id}: {r.status}")
+                        answer_direct.append((time.perf_counter_ns() - began_ns) // 1000)
                     run.answered += 1
                     run.expected["call.answered"] += 1
                     await asyncio.sleep(args.hold)  # the call's talk time, part of the load shape
@@ -542,7 +586,16 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
             print(line("  baseline, every item of the storm   ", storm_items))
             p50 = percentile(all_bridge, 0.5) / percentile(base_lat, 0.5) if base_lat and all_bridge else float("nan")
             p99 = percentile(all_bridge, 0.99) / percentile(base_lat, 0.99) if base_lat and all_bridge else float("nan")
-            print(f"  ratio bridge/baseline: p50 {p50:.1f}x, p99 {p99:.1f}x")
+            print(f"  ratio bridge/baseline: p50 {p50:.2f}x, p99 {p99:.2f}x")
+            print("call.answer, request -> reply (alternate calls):")
+            print(line("  direct REST PUT to Finesse (baseline)", answer_direct))
+            print(line("  call.answer through the bridge      ", answer_bridge))
+            answer_ratio = (percentile(answer_bridge, 0.5) / percentile(answer_direct, 0.5)
+                            if answer_bridge and answer_direct else float("nan"))
+            print(f"  ratio bridge/direct: p50 {answer_ratio:.2f}x")
+            target(f"Finesse event -> client p99 at {len(signed_in)} agents", percentile(all_bridge, 0.99), 25, " ms")
+            target("bridge/baseline latency at p50", p50, 1.3, "x")
+            target("call.answer bridge/direct at p50", answer_ratio, 1.2, "x")
             if slow_at:
                 seconds = sorted({t // 1_000_000 for t in slow_at})
                 print(f"  bridge notifications over {SLOW_US // 1000} ms: {len(slow_at)}, published in "
@@ -553,6 +606,7 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
                   f"simulator {100 * cpu_sim / wall:.0f}%, this bench client {100 * cpu_self / wall:.0f}% "
                   f"({os.cpu_count()} cores)")
             print(f"memory after the storm: {rss_end / 1024:.0f} MB ({which})")
+            print("targets:\n" + "\n".join(targets))
             tracebacks = bridge.log_text().count("Traceback")
             if tracebacks:
                 run.error(f"{tracebacks} traceback(s) in the bridge's log")
@@ -588,6 +642,11 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
         print(f"shut down in {time.monotonic() - closing:.1f} s")
 
 
+def answer_body(extension: str) -> str:
+    return (f"<Dialog><targetMediaAddress>{extension}</targetMediaAddress>"
+            "<requestedAction>ANSWER</requestedAction></Dialog>")
+
+
 def _threads(pid: int) -> int:
     with open(f"/proc/{pid}/status") as handle:
         for text in handle:
@@ -605,13 +664,21 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="gunicorn --threads (default: agents + 64)")
     parser.add_argument("--server", choices=["gunicorn", "dev"], default="gunicorn",
                         help="gunicorn gthread (production) or python app.py (development server)")
-    parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate, as browsers do")
+    parser.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=True,
+                        help="offer permessage-deflate, as every browser does (default: on)")
+    parser.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
+                        help="STARTTLS on every XMPP connection, the bridge's and the baseline's (default: on)")
+    parser.add_argument("--login-concurrency", type=int, default=LOGIN_CONCURRENCY,
+                        help="sign-ins in flight from the clients (the bridge bounds its own toward Finesse)")
+    parser.add_argument("--bridge-env", action="append", default=[], metavar="CTI_KEY=VALUE",
+                        help="a bridge setting for this run (repeatable), e.g. to compare a change")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs even on success")
     args = parser.parse_args()
-    if not 1 <= args.agents <= 20000 or args.rate <= 0 or not 0 < args.duration <= 600 or args.hold < 0:
-        parser.error("1 <= agents <= 20000, rate > 0, 0 < duration <= 600, hold >= 0")
+    if not 1 <= args.agents <= 20000 or args.rate <= 0 or not 0 <= args.duration <= 600 or args.hold < 0:
+        parser.error("1 <= agents <= 20000, rate > 0, 0 <= duration <= 600 (0: sign-in and memory only), hold >= 0")
     args.deadline = 180 + args.agents * 0.2 + args.duration + args.hold + 2 * STEP_TIMEOUT
     print(f"bridge_load: agents={args.agents} rate={args.rate:g}/s duration={args.duration:g} s hold={args.hold:g} s "
+          f"tls={'on' if args.tls else 'off'} deflate={'on' if args.deflate else 'off'} "
           f"server={args.server} threads={args.threads or args.agents + 64} deadline={args.deadline:.0f} s")
     log_dir = tempfile.mkdtemp(prefix="bridge-load-")
     status = 1

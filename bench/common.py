@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import socket
+import ssl
 import time
 from typing import Callable
 
@@ -75,9 +76,10 @@ class RawAgent:
     """A deliberately small XMPP client: PLAIN, bind, presence, then hand over pubsub messages."""
 
     def __init__(self, user: str, port: int, domain: str, on_messages: OnMessages,
-                 resource: str = "bench", password: str = PASSWORD) -> None:
+                 resource: str = "bench", password: str = PASSWORD, tls: ssl.SSLContext | None = None) -> None:
         self.user, self.port, self.domain = user, port, domain
         self.on_messages, self.resource, self.password = on_messages, resource, password
+        self.tls = tls  # STARTTLS with this context (certificate checked against the domain)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.task: asyncio.Task[None] | None = None
@@ -99,6 +101,13 @@ class RawAgent:
         self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
         self.writer.write(self._header())
         await self._until(b"</stream:features>")
+        if self.tls is not None:
+            self.writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            if b"<proceed" not in await self._until(b"xmpp-tls"):
+                raise ConnectionError(f"{self.user}: STARTTLS refused")
+            await self.writer.start_tls(self.tls, server_hostname=self.domain)
+            self.writer.write(self._header())
+            await self._until(b"</stream:features>")
         token = base64.b64encode(f"\0{self.user}\0{self.password}".encode()).decode()
         self.writer.write(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>".encode())
         if b"<success" not in await self._until(b"xmpp-sasl"):

@@ -96,8 +96,9 @@ class CallTracker:
         self.calls[call.id] = call
         if old.state in ("ringing", "dialing") and call.state == "active":
             return [("call.answered", {"call": call.to_json()})]
-        if call.to_json() != old.to_json():
-            return [("call.updated", {"call": call.to_json()})]
+        data = call.to_json()
+        if data != old.to_json():
+            return [("call.updated", {"call": data})]
         return []
 
     def _merge(self, old: Call | None, new: Call) -> Call:

@@ -40,6 +40,12 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BATCH": 20,
     "SEND_QUEUE_LIMIT": 1000,  # messages waiting for one socket before it is closed as too slow
     "WS_PING_SECONDS": 25.0,
+    # permessage-deflate (bridge/ws.py, docs/performance.md): "stateless" (each message compressed on
+    # its own: no zlib state held between messages), "context" (context takeover: smaller frames,
+    # about 300 KB more per socket) or "off"
+    "WS_COMPRESSION": "stateless",
+    # Threads that run JSON-RPC requests (each a blocking Finesse REST call at most); sockets hold none
+    "RPC_THREADS": 32,
     "MAX_SOCKETS_PER_IP": 200,
     # The bridge's address as browsers and Finesse reach it (https://bridge.example.com, or with a path
     # prefix behind a proxy). The gadgets' absolute URLs start with it; None: from each request's host.
@@ -108,6 +114,10 @@ def _validate(config: dict[str, Any]) -> None:
         unknown = set(node) - {"url", "xmpp"}
         if unknown:
             raise ConfigError(f"FINESSE_NODES[{index}]: unknown keys {sorted(unknown)}")
+    if config["WS_COMPRESSION"] not in ("stateless", "context", "off"):
+        raise ConfigError(f"WS_COMPRESSION: expected stateless, context or off, got {config['WS_COMPRESSION']!r}")
+    if config["RPC_THREADS"] < 1:
+        raise ConfigError("RPC_THREADS: must be at least 1")
     if config["XMPP_TLS"] not in ("auto", "starttls", "none"):
         raise ConfigError(f"XMPP_TLS: expected auto, starttls or none, got {config['XMPP_TLS']!r}")
     for key in ("ALLOWED_ORIGINS", "API_KEYS"):

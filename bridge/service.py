@@ -99,10 +99,17 @@ class Bridge:
                 self._hub.start()
             return self._hub
 
+    close_hooks: list[Callable[[], None]]  # ws.py: stop the request workers
+
     def close(self) -> None:
         self.failover.stop()
         for session in self.registry.all():
             self.finish(session, "shutdown", sign_out_xmpp=True)
+        for hook in list(getattr(self, "close_hooks", ())):
+            try:
+                hook()
+            except Exception:
+                log.exception("close: a hook failed")
         with self._hub_lock:
             if self._hub is not None:
                 self._hub.stop()

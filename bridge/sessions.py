@@ -187,7 +187,7 @@ class AgentSession:
     def _set_agent(self, agent: Agent) -> None:
         if not agent.id:
             return
-        changed = agent.to_json() != self.agent.to_json()
+        changed = agent != self.agent  # the dataclasses' own field-by-field comparison
         self.agent = agent
         if changed:
             self.emit("agent.stateChanged", {"agent": agent.to_json()})

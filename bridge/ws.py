@@ -1,96 +1,62 @@
 """The WebSocket route at /rpc (the only module that imports flask-sock).
 
-A thin loop: receive a message, ``rpc.handle`` it, queue the reply. Each socket has one send
-queue and one sender thread, the only writer on the socket, so replies (request thread) and
-events (XMPP thread) never interleave frames and a slow browser never blocks anyone else.
-The Origin is checked before the upgrade: a refused page never gets a 101.
+The upgrade is checked before the handshake (Origin, draining, sockets per address: a refused
+page never gets a 101), flask-sock and simple-websocket answer the handshake, and the socket
+then moves to the I/O loop (bridge/wsconn.py): no thread is held per socket. The handshake
+negotiates permessage-deflate as ``WS_COMPRESSION`` says (docs/performance.md):
+
+- "stateless" (default): compressed, but each message on its own, both ways (the server keeps no
+  compressor between messages, and asks the browser for client_no_context_takeover, which
+  RFC 7692 section 7.1.1.2 lets a server add), so an idle socket holds no zlib state;
+- "context": compressed with context takeover (smaller frames, about 300 KB more per socket);
+- "off": the offer is declined.
 """
 from __future__ import annotations
 
 import logging
-import queue
-import secrets
+import ssl
 import threading
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, jsonify, request
-from flask_sock import ConnectionClosed, Sock
+from flask_sock import Sock
 
-from . import rpc
-from .sessions import AgentSession
+from .wsconn import Connection, SocketHost
 
 log = logging.getLogger("bridge.ws")
 
-
-class _Close:
-    def __init__(self, code: int, reason: str) -> None:
-        self.code, self.reason = code, reason
+EXTENSIONS = "HTTP_SEC_WEBSOCKET_EXTENSIONS"
 
 
-class Connection:
-    """One browser socket: the JSON-RPC context and the session's ``Socket``."""
+class _NoThread:
+    """simple-websocket's ``thread_class``: the socket is read by the I/O loop, not by a thread."""
 
-    def __init__(self, ws: Any, bridge: Any, queue_limit: int) -> None:
-        self.id = secrets.token_hex(8)
-        self.ws, self.bridge = ws, bridge
-        self.session: AgentSession | None = None
-        self._limit = queue_limit
-        self._queue: queue.SimpleQueue[str | _Close] = queue.SimpleQueue()
-        self._closing = False
-        self._after: list[Callable[[], None]] = []
-        self._sender = threading.Thread(target=self._send_loop, name=f"ws-send-{self.id}", daemon=True)
-        self._sender.start()
+    def __init__(self, target: Any = None, **_: Any) -> None:
+        self.name = "rpc-socket"
 
-    @property
-    def socket(self) -> "Connection":
-        return self
+    def start(self) -> None:
+        pass
 
-    def send(self, text: str) -> bool:
-        """Queue a message for this socket; never blocks. A socket too far behind is closed."""
-        if self._closing:
-            return False
-        if self._queue.qsize() >= self._limit:
-            log.warning("socket %s: %d messages waiting, closing it as too slow", self.id, self._limit)
-            self.close(1013, "too slow; resume to catch up")
-            return False
-        self._queue.put(text)
-        return True
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        if not self._closing:
-            self._closing = True
-            self._queue.put(_Close(code, reason))
+def _stateless_offer(header: str) -> str:
+    """The browser's permessage-deflate offers, each asking for client_no_context_takeover."""
+    offers = []
+    for offer in header.split(","):
+        params = [p.strip() for p in offer.split(";")]
+        if params[0].lower() == "permessage-deflate" and "client_no_context_takeover" not in params:
+            params.append("client_no_context_takeover")
+        offers.append("; ".join(params))
+    return ", ".join(offers)
 
-    def after_reply(self, fn: Callable[[], None]) -> None:
-        self._after.append(fn)
 
-    def run_after_reply(self) -> None:
-        while self._after:
-            try:
-                self._after.pop(0)()
-            except Exception:
-                log.exception("socket %s: after-reply action failed", self.id)
-
-    def _send_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if isinstance(item, _Close):
-                try:
-                    self.ws.close(item.code, item.reason)
-                except Exception:  # already closed by the peer
-                    pass
-                return
-            try:
-                self.ws.send(item)
-            except Exception:  # the peer went away: the receive loop notices and cleans up
-                self._closing = True
-                return
-
-    def stop(self) -> None:
-        self.close()
-        self._sender.join(timeout=5)
+def _stateless(ws: Any) -> None:
+    """Our side of "stateless": a fresh compressor for every message (valid whatever was negotiated)."""
+    proto = getattr(ws.ws.connection, "_proto", None)
+    for extension in getattr(proto, "extensions", ()):
+        if getattr(extension, "name", "") == "permessage-deflate":
+            extension.server_no_context_takeover = True
 
 
 def _origin_allowed(origin: str | None, allowed: list[str]) -> bool:
@@ -106,6 +72,37 @@ def init_app(app: Flask, bridge: Any) -> None:
     per_ip_lock = threading.Lock()
     open_connections: set[Connection] = set()  # closed with 1012 when the bridge drains
     config = bridge.config
+    compression = config["WS_COMPRESSION"]
+    host_lock = threading.Lock()
+    hosts: list[SocketHost] = []
+
+    def remember(connection: Connection) -> None:
+        with per_ip_lock:
+            open_connections.add(connection)
+            per_ip[connection.address] += 1
+            bridge.sockets += 1
+
+    def forget(connection: Connection) -> None:
+        with per_ip_lock:
+            if connection in open_connections:
+                open_connections.discard(connection)
+                per_ip[connection.address] -= 1
+                if per_ip[connection.address] <= 0:
+                    del per_ip[connection.address]
+                bridge.sockets -= 1
+
+    def socket_host() -> SocketHost:
+        """Made on the first socket, on the XMPP hub's loop (nothing starts at app creation)."""
+        with host_lock:
+            if not hosts:
+                hub = bridge.hub
+                hosts.append(SocketHost(hub.loop, hub.thread, workers=config["RPC_THREADS"],
+                                        ping_interval=config["WS_PING_SECONDS"],
+                                        max_message_size=config["MAX_MESSAGE_BYTES"], max_batch=config["MAX_BATCH"],
+                                        queue_limit=config["SEND_QUEUE_LIMIT"], on_open=remember,
+                                        on_closed=forget))
+                bridge.close_hooks = [*getattr(bridge, "close_hooks", []), hosts[0].close]
+            return hosts[0]
 
     def close_all() -> None:
         with per_ip_lock:
@@ -114,8 +111,8 @@ def init_app(app: Flask, bridge: Any) -> None:
             connection.close(1012, "service restart")
 
     bridge.drain_hooks = [*getattr(bridge, "drain_hooks", []), close_all]
-    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": config["WS_PING_SECONDS"] or None,
-                                         "max_message_size": config["MAX_MESSAGE_BYTES"]}
+    # The handshake only: the I/O loop reads, pings and limits the socket (wsconn.py).
+    app.config["SOCK_SERVER_OPTIONS"] = {"thread_class": _NoThread}
 
     @app.before_request
     def check_upgrade() -> Any:
@@ -130,6 +127,11 @@ def init_app(app: Flask, bridge: Any) -> None:
         with per_ip_lock:
             if per_ip[request.remote_addr or ""] >= config["MAX_SOCKETS_PER_IP"]:
                 return jsonify(error="too many sockets from this address"), 429
+        offer = request.environ.get(EXTENSIONS)
+        if offer and compression == "off":
+            del request.environ[EXTENSIONS]
+        elif offer and compression == "stateless":
+            request.environ[EXTENSIONS] = _stateless_offer(offer)
         return None
 
     sock = Sock(app)
@@ -137,34 +139,15 @@ def init_app(app: Flask, bridge: Any) -> None:
     @sock.route("/rpc")
     def rpc_socket(ws: Any) -> None:
         bridge = current_app.extensions["cti_bridge"]
+        if isinstance(ws.sock, ssl.SSLSocket):  # TLS inside this process cannot move to the loop
+            log.error("/rpc over TLS terminated by the WSGI server is not supported: terminate TLS in front "
+                      "of the bridge (docs/operations.md)")
+            ws.close(1011, "TLS must terminate in front of the bridge")
+            return
+        if compression == "stateless":
+            _stateless(ws)
         address = request.remote_addr or ""
-        connection = Connection(ws, bridge, config["SEND_QUEUE_LIMIT"])
-        with per_ip_lock:
-            per_ip[address] += 1
-            bridge.sockets += 1
-            open_connections.add(connection)
+        connection = socket_host().adopt(ws.sock, ws.ws, bridge, address)
+        ws.connected = False  # the loop owns the connection now: flask-sock must not close it
         if getattr(bridge, "draining", False):  # it drained between the check and the upgrade
             connection.close(1012, "service restart")
-        try:
-            while True:
-                message = ws.receive()
-                if message is None:
-                    continue
-                if isinstance(message, bytes):
-                    message = message.decode("utf-8", "replace")
-                reply = rpc.handle(message, connection, config["MAX_BATCH"])
-                if reply:
-                    connection.send(reply)
-                connection.run_after_reply()
-        except ConnectionClosed:
-            pass
-        finally:
-            if connection.session is not None:
-                connection.session.detach(connection)
-            connection.stop()
-            with per_ip_lock:
-                open_connections.discard(connection)
-                per_ip[address] -= 1
-                if per_ip[address] <= 0:
-                    del per_ip[address]
-                bridge.sockets -= 1

@@ -67,6 +67,20 @@ class NotifyHub:
         self.max_concurrent = max(1, int(max_concurrent))
         self._slots: asyncio.Semaphore | None = None
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop (the bridge's WebSockets live on it too: bridge/wsconn.py)."""
+        if self._loop is None:
+            raise RuntimeError("NotifyHub is not running (call start())")
+        return self._loop
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The loop's thread."""
+        if self._thread is None:
+            raise RuntimeError("NotifyHub is not running (call start())")
+        return self._thread
+
     def _reconnect_slots(self) -> asyncio.Semaphore:
         """Bounds the reconnects in flight toward Finesse (in the loop only)."""
         if self._slots is None:
