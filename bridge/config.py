@@ -20,6 +20,9 @@ DEFAULTS: dict[str, Any] = {
     "FINESSE_CA_BUNDLE": None,  # a CA file for Finesse's certificates; verification is always on
     "FINESSE_CONNECT_TIMEOUT": 3.05,
     "FINESSE_READ_TIMEOUT": 10.0,
+    "FINESSE_HTTP_CONNECTIONS": 64,  # kept-alive REST connections per node, shared by every agent
+    "SYSTEMINFO_MAX_AGE_SECONDS": 5.0,  # a sign-in reuses a SystemInfo read this recently (0: always GET)
+    "SIGNIN_MAX_CONCURRENT": 16,  # new sign-ins in flight toward Finesse; the others wait their turn
     "XMPP_TLS": "auto",  # auto: STARTTLS, except plain on loopback hosts; starttls; none (loopback only)
     "XMPP_PING_SECONDS": 10.0,
     "XMPP_CONNECT_TIMEOUT": 10.0,
@@ -40,10 +43,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BATCH": 20,
     "SEND_QUEUE_LIMIT": 1000,  # messages waiting for one socket before it is closed as too slow
     "WS_PING_SECONDS": 25.0,
-    # permessage-deflate (bridge/ws.py, docs/performance.md): "stateless" (each message compressed on
-    # its own: no zlib state held between messages), "context" (context takeover: smaller frames,
-    # about 300 KB more per socket) or "off"
-    "WS_COMPRESSION": "stateless",
+    # permessage-deflate (bridge/ws.py, docs/performance.md): "off" (the browser's offer declined:
+    # messages are a few hundred bytes), "stateless" (each message compressed on its own: no zlib
+    # state between messages, about 0.1 ms of the event loop per message) or "context" (context
+    # takeover: smallest frames, about 300 KB more per socket)
+    "WS_COMPRESSION": "off",
     # Threads that run JSON-RPC requests (each a blocking Finesse REST call at most); sockets hold none
     "RPC_THREADS": 32,
     "MAX_SOCKETS_PER_IP": 200,

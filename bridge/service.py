@@ -57,7 +57,10 @@ class Bridge:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
-        self.nodes = FinesseNodes([NodeAddress.from_config(n) for n in config["FINESSE_NODES"]])
+        self.nodes = FinesseNodes([NodeAddress.from_config(n) for n in config["FINESSE_NODES"]],
+                                  pool_size=config["FINESSE_HTTP_CONNECTIONS"])
+        # Sign-ins in flight toward Finesse (REST and XMPP), whatever the number of browsers asking
+        self.signin_slots = threading.BoundedSemaphore(max(1, config["SIGNIN_MAX_CONCURRENT"]))
         self.registry = SessionRegistry()
         self.failover = self._watcher(config)
         self.screenpop = ScreenPop.from_config(config)  # checks the rules: ConfigError at start
@@ -166,9 +169,17 @@ class Bridge:
 
     def _new_session(self, socket: Socket, key: str, password: str | None, token: str | None,
                      extension: str) -> dict[str, Any]:
+        with self.signin_slots:  # bounded concurrency toward Finesse
+            return self._new_session_bounded(socket, key, password, token, extension)
+
+    def _new_session_bounded(self, socket: Socket, key: str, password: str | None, token: str | None,
+                             extension: str) -> dict[str, Any]:
         rest = self._rest(key, password, token)
         try:
-            info = rest.system_info()
+            # SystemInfo read by another sign-in a moment ago (or notified) serves this one too
+            info = self.failover.fresh_info(self.nodes.current(), self.config["SYSTEMINFO_MAX_AGE_SECONDS"])
+            if info is None:
+                info = rest.system_info()
             user = rest.get_user(key)  # checks the credentials; resolves a loginName to its id
             rest.sign_in(user.id, extension)
         except BadCredentials:

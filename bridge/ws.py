@@ -5,11 +5,12 @@ page never gets a 101), flask-sock and simple-websocket answer the handshake, an
 then moves to the I/O loop (bridge/wsconn.py): no thread is held per socket. The handshake
 negotiates permessage-deflate as ``WS_COMPRESSION`` says (docs/performance.md):
 
-- "stateless" (default): compressed, but each message on its own, both ways (the server keeps no
+- "off" (default): the offer is declined (RFC 7692 lets a server do so); messages are a few
+  hundred bytes, and compression cost memory per socket or time on the loop per message;
+- "stateless": compressed, but each message on its own, both ways (the server keeps no
   compressor between messages, and asks the browser for client_no_context_takeover, which
   RFC 7692 section 7.1.1.2 lets a server add), so an idle socket holds no zlib state;
-- "context": compressed with context takeover (smaller frames, about 300 KB more per socket);
-- "off": the offer is declined.
+- "context": compressed with context takeover (smaller frames, about 300 KB more per socket).
 """
 from __future__ import annotations
 

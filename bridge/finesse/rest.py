@@ -15,6 +15,7 @@ from urllib.parse import quote, urlsplit
 from xml.etree.ElementTree import Element
 
 import requests
+import requests.adapters
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
 
 from ..errors import (ActionRefused, BadCredentials, BridgeError, FinesseError, InvalidParams, NoSuchCall, Timeout,
@@ -111,7 +112,7 @@ class FinesseNodes:
     fail at once with Unavailable when there is none.
     """
 
-    def __init__(self, nodes: Iterable[NodeAddress]) -> None:
+    def __init__(self, nodes: Iterable[NodeAddress], *, pool_size: int = 64) -> None:
         self.nodes = tuple(nodes)
         if not self.nodes:
             raise ValueError("FINESSE_NODES: at least one node is required")
@@ -121,6 +122,11 @@ class FinesseNodes:
         self._current = 0
         self._failed: set[NodeAddress] = set()
         self.gate: NodeGate | None = None
+        # One connection pool for every agent's session (each request carries its own credentials;
+        # cookies stay per session): a few kept-alive connections per node instead of one per agent,
+        # so thousands of agents cost Finesse no thousands of sockets (docs/performance.md).
+        self.adapter = requests.adapters.HTTPAdapter(pool_connections=max(2, len(self.nodes)),
+                                                     pool_maxsize=max(1, pool_size))
 
     @classmethod
     def from_config(cls, entries: Iterable[Mapping[str, Any]]) -> FinesseNodes:
@@ -233,13 +239,16 @@ class FinesseRest:
             session.headers["Authorization"] = f"Bearer {token}"
         else:
             session.auth = (user, password)
+        session.mount("https://", nodes.adapter)
+        session.mount("http://", nodes.adapter)
         self._session = session
 
     def __repr__(self) -> str:
         return f"<FinesseRest user={self.user!r} node={self.nodes.current().url!r}>"
 
     def close(self) -> None:
-        """Close the session's connections."""
+        """Forget the session (the shared connection pool stays open for the other agents)."""
+        self._session.adapters.clear()
         self._session.close()
 
     def __enter__(self) -> FinesseRest:

@@ -1,0 +1,138 @@
+"""Browser sockets on the I/O loop (bridge/ws.py, bridge/wsconn.py), on the wire: no thread per
+socket, a browser that stops reading is closed with 1013, permessage-deflate as configured."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import threading
+from typing import Any
+
+import pytest
+import websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+from wsproto.extensions import PerMessageDeflate
+
+from bridge import config as bridge_config
+from tests.waiting import until
+
+from .conftest import PASSWORD
+
+
+def _upgrade(stack: Any, extensions: str | None) -> dict[str, str]:
+    """A raw upgrade request; the 101's headers (lower-case names)."""
+    port = int(stack.base.rsplit(":", 1)[1])
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = ["GET /rpc HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+    if extensions:
+        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, "closed before the 101"
+            head += chunk
+    status, *fields = head.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+    assert status.startswith("HTTP/1.1 101"), status
+    return {name.strip().lower(): value.strip() for name, _, value in (f.partition(":") for f in fields)}
+
+
+def test_the_browsers_deflate_offer_is_declined_by_default(stack):
+    headers = _upgrade(stack, "permessage-deflate; client_max_window_bits")
+    assert "sec-websocket-extensions" not in headers
+    client = stack.agent("1001")  # and the socket works
+    assert client.call("agent.get")["id"] == "1001"
+
+
+@pytest.mark.bridge(WS_COMPRESSION="stateless")
+def test_stateless_compression_asks_the_browser_for_no_context_takeover_and_every_message_decodes(stack):
+    headers = _upgrade(stack, "permessage-deflate; client_max_window_bits")
+    accepted = headers["sec-websocket-extensions"]
+    assert accepted.startswith("permessage-deflate") and "client_no_context_takeover" in accepted
+
+    # A browser-like client that keeps its own context: three compressed requests, three replies it decodes.
+    port = int(stack.base.rsplit(":", 1)[1])
+    ws = WSConnection(ConnectionType.CLIENT)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(ws.send(Request(host=f"127.0.0.1:{port}", target="/rpc",
+                                     extensions=[PerMessageDeflate(client_max_window_bits=15)])))
+        replies: list[Any] = []
+        accepted_deflate = False
+        sent = 0
+        while len(replies) < 3:
+            data = sock.recv(65536)
+            assert data, "the bridge closed the socket"
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    accepted_deflate = any(e.name == "permessage-deflate" for e in event.extensions)
+                elif isinstance(event, TextMessage):
+                    replies.append(json.loads(event.data))
+                elif isinstance(event, CloseConnection):
+                    pytest.fail(f"closed: {event.code} {event.reason}")
+            while sent < 3 and sent <= len(replies):
+                sent += 1
+                sock.sendall(ws.send(TextMessage(data=json.dumps(
+                    {"jsonrpc": "2.0", "id": sent, "method": "session.ping"}))))
+    assert accepted_deflate
+    assert [r["id"] for r in replies] == [1, 2, 3] and all("at" in r["result"] for r in replies)
+
+
+def _server_threads() -> int:
+    """Threads of the bridge in this process (the test's own clients each have a reader thread)."""
+    return sum(1 for t in threading.enumerate() if t.name != "cti-client-reader")
+
+
+@pytest.mark.bridge(RPC_THREADS=4)
+def test_a_socket_holds_no_thread(stack):
+    first = stack.agent("1001")
+    first.call("session.ping")
+    before = _server_threads()
+    clients = [stack.client() for _ in range(40)]
+    for client in clients:
+        assert "at" in client.call("session.ping")
+    assert stack.app.extensions["cti_bridge"].sockets == 41
+    # The request threads of the 40 upgrades end once their socket is handed over; at most the 4
+    # request workers are new.
+    until(lambda: _server_threads() <= before + 4, what="threads back near where they were")
+    for client in clients:
+        client.close()
+    until(lambda: stack.app.extensions["cti_bridge"].sockets == 1, what="closed sockets counted off")
+    assert first.call("agent.get")["id"] == "1001"
+
+
+@pytest.mark.bridge(SEND_QUEUE_LIMIT=20)
+def test_a_browser_that_stops_reading_is_closed_with_1013_and_the_session_lives(stack):
+    bridge = stack.app.extensions["cti_bridge"]
+    slow = websocket.create_connection(stack.url, timeout=10,
+                                       sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    slow.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "session.login",
+                          "params": {"agentId": "1002", "password": PASSWORD, "extension": "71002"}}))
+    assert json.loads(slow.recv())["result"]["agent"]["id"] == "1002"
+    session = bridge.registry.get("1002")
+    # The browser reads nothing more while the agent's notifications pile up (each about 20 KB).
+    filler = "x" * 20_000
+    for _ in range(400):
+        session.emit("connection.changed", {"state": "connected", "node": filler})
+    code = None
+    while code is None:  # read what was sent before the close, then the close frame
+        opcode, data = slow.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            code = int.from_bytes(data[:2], "big")
+    assert code == 1013
+    slow.shutdown()
+    # The session stays for its grace period: the agent signs in again on a new socket and has it.
+    again = stack.agent("1002")
+    assert again.call("agent.get")["id"] == "1002"
+    assert bridge.registry.get("1002") is session
+
+
+@pytest.mark.parametrize("key, value", [("WS_COMPRESSION", "gzip"), ("RPC_THREADS", 0)])
+def test_socket_settings_are_checked_at_start(key, value):
+    with pytest.raises(bridge_config.ConfigError, match=key):
+        bridge_config.load({key: value, "FINESSE_NODES": [{"url": "http://127.0.0.1:1"}]}, file="/dev/null",
+                           environ={})
