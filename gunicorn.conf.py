@@ -1,6 +1,7 @@
 """gunicorn settings for the bridge (docs/operations.md): ``gunicorn -c gunicorn.conf.py "app:create_app()"``.
 
-One gthread worker; each WebSocket holds a thread. On SIGTERM gunicorn's worker only stops its
+One gthread worker. Its threads answer HTTP only: an upgraded WebSocket moves to the bridge's I/O
+loop and gives its thread back (bridge/wsconn.py, docs/performance.md). On SIGTERM gunicorn's worker only stops its
 loop (``handle_exit``) and waits ``graceful_timeout`` for open connections; WebSockets never end
 by themselves. So the worker's SIGTERM handler is wrapped (``post_worker_init``) to also drain
 the bridge: new WebSockets get 503, every socket is closed with 1012, the records are written
@@ -16,8 +17,8 @@ import threading
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8080")
 worker_class = "gthread"
 workers = 1  # the sessions live in the process: scale out with instances, not workers
-threads = 2200
-worker_connections = 2300
+threads = 64  # HTTP requests and WebSocket upgrades in flight; sockets hold none once upgraded
+worker_connections = 1000  # HTTP connections (an upgraded WebSocket is no longer gunicorn's)
 graceful_timeout = 60  # > SHUTDOWN_XMPP_HOLD_SECONDS (30 by default) + the webhooks' shutdown_seconds
 control_socket_disable = True  # --no-control-socket
 

@@ -1,15 +1,20 @@
 """Load through the bridge: N agents on WebSockets, R calls/s for T seconds, against a direct XMPP baseline.
 
     .venv/bin/python bench/bridge_load.py [--agents 1000] [--rate 20] [--duration 30] [--hold 2]
-                                          [--threads N+64] [--server gunicorn|dev] [--deflate] [--keep-logs]
+                                          [--threads 64] [--server gunicorn|dev] [--no-deflate] [--no-tls]
+                                          [--login-concurrency 50] [--bridge-env CTI_KEY=VALUE] [--keep-logs]
 
-Starts ``python -m simulator`` and the bridge (``gunicorn "app:create_app()" -k gthread -w 1
---threads T``, T = N + 64 since each WebSocket pins a thread; ``--server dev`` runs ``python app.py``)
-in their own processes on free loopback ports. From this one asyncio process it opens, per agent,
-a plain XMPP session straight to the simulator (the baseline, own resource) and a WebSocket to the
-bridge (``session.login`` with 50 at a time, then ``agent.setState READY``). Then it places R calls/s
-through the simulator's control API; each is answered through the bridge (``call.answer``) and hung
-up by the customer after ``--hold`` s.
+The commands behind each figure of docs/performance.md are listed there. Starts ``python -m
+simulator --tls`` and the bridge (``gunicorn "app:create_app()" -k gthread -w 1 --threads T``;
+``--server dev`` runs ``python app.py``) in their own processes on free loopback ports; every XMPP
+connection, the bridge's and the baseline's, uses STARTTLS with the simulator's certificate. From
+this one asyncio process it opens, per agent, a plain XMPP session straight to the simulator (the
+baseline, own resource) and a WebSocket to the bridge offering permessage-deflate as browsers do
+(``session.login`` with 50 at a time, then ``agent.setState READY``). Then it places R calls/s
+through the simulator's control API; each is answered, alternately, through the bridge
+(``call.answer``) and by the same REST PUT made straight to the simulator (the baseline of the
+answer's request -> reply time), and hung up by the customer after ``--hold`` s. ``--duration 0``
+stops after the sign-in and the memory reading.
 
 Latency is simulator publish -> client receive. The simulator stamps the publish time in each pubsub
 item id; the baseline listener of the same agent receives the same item, so each bridge notification
@@ -343,7 +348,7 @@ async def gather_limited(limit: int, coros: list[Any]) -> None:
 async def run(args: argparse.Namespace, log_dir: str) -> int:
     run = Run()
     n = args.agents
-    threads = args.threads or n + 64
+    threads = args.threads
     rest_port, xmpp_port, bridge_port = free_port_pair(), free_port_pair(), free_port_pair()
     base = f"http://{HOST}:{rest_port}"
     procs: list[Proc] = []
@@ -661,7 +666,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="calls per second")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of storm")
     parser.add_argument("--hold", type=float, default=2.0, help="talk time of each call, seconds")
-    parser.add_argument("--threads", type=int, help="gunicorn --threads (default: agents + 64)")
+    parser.add_argument("--threads", type=int, default=64, help="gunicorn --threads (sockets hold none)")
     parser.add_argument("--server", choices=["gunicorn", "dev"], default="gunicorn",
                         help="gunicorn gthread (production) or python app.py (development server)")
     parser.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=True,
@@ -679,7 +684,7 @@ def main() -> int:
     args.deadline = 180 + args.agents * 0.2 + args.duration + args.hold + 2 * STEP_TIMEOUT
     print(f"bridge_load: agents={args.agents} rate={args.rate:g}/s duration={args.duration:g} s hold={args.hold:g} s "
           f"tls={'on' if args.tls else 'off'} deflate={'on' if args.deflate else 'off'} "
-          f"server={args.server} threads={args.threads or args.agents + 64} deadline={args.deadline:.0f} s")
+          f"server={args.server} threads={args.threads} deadline={args.deadline:.0f} s")
     log_dir = tempfile.mkdtemp(prefix="bridge-load-")
     status = 1
     try:

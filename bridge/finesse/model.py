@@ -180,9 +180,15 @@ def parse_document(text: str | bytes) -> Element:
     if size > MAX_DOCUMENT_BYTES:
         raise XmlError(f"document of {size} bytes exceeds {MAX_DOCUMENT_BYTES}")
     try:
-        return SafeET.fromstring(text, forbid_dtd=True)
+        root = SafeET.fromstring(text, forbid_dtd=True)
     except Exception as exc:  # ParseError and defusedxml's refusals alike
         raise XmlError(f"refused XML: {type(exc).__name__}: {exc}") from exc
+    # Every tag becomes its local name in lower case, once, so that the lookups below are the
+    # parser's own (C) find instead of a scan comparing names (docs/performance.md).
+    for element in root.iter():
+        if isinstance(element.tag, str):
+            element.tag = _local(element.tag)
+    return root
 
 
 _LOCAL_NAMES: dict[str, str] = {}  # tag -> local name in lower case; bounded (tags come from outside)
@@ -197,11 +203,19 @@ def _local(tag: str) -> str:
     return name
 
 
+def _normalised(element: Element) -> bool:
+    """True for the trees of ``parse_document``: tags already local names in lower case."""
+    tag = element.tag
+    return isinstance(tag, str) and tag == _local(tag)
+
+
 def child(parent: Element | None, name: str) -> Element | None:
     """A direct child by name, case-insensitively."""
     if parent is None:
         return None
     name = name.lower()
+    if _normalised(parent):
+        return parent.find(name)
     for item in parent:
         if _local(item.tag) == name:
             return item
@@ -219,6 +233,8 @@ def children(parent: Element | None, name: str) -> list[Element]:
     if parent is None:
         return []
     name = name.lower()
+    if _normalised(parent):
+        return parent.findall(name)
     return [item for item in parent if _local(item.tag) == name]
 
 

@@ -16,6 +16,7 @@ import requests
 
 from bridge.errors import BadCredentials, Timeout, Unavailable
 from bridge.finesse.model import Agent as UserModel
+from bridge.finesse import model
 from bridge.finesse.model import Update
 from bridge.finesse.notify import AgentConnection, NotifyHub, backoff_delay
 from simulator.config import SimConfig
@@ -158,8 +159,8 @@ def test_inbound_call_arrives_as_a_dialogs_update(sim: Simulator, hub: NotifyHub
     control(sim, "/calls", {"to": "1001", "from": "5551234"})
     update = agent.wait_update(lambda u: u.kind == "dialogs")
     assert update.event == "POST" and update.source == "/finesse/api/User/1001/Dialogs"
-    assert len(update.dialogs) == 1 and update.dialogs[0].findtext("state") == "ALERTING"
-    assert update.dialogs[0].findtext("fromAddress") == "5551234"
+    assert len(update.dialogs) == 1 and model.text(update.dialogs[0], "state") == "ALERTING"
+    assert model.text(update.dialogs[0], "fromAddress") == "5551234"
 
 
 def test_wrong_password_is_bad_credentials(sim: Simulator, hub: NotifyHub) -> None:
