@@ -69,6 +69,10 @@ DEFAULTS: dict[str, Any] = {
     # The demo CRM at /demo: a link to the simulator's console (python app.py --simulator sets it)
     "DEMO_SIMULATOR_CONSOLE": None,
     # Process
+    # Every so many seconds the objects that survived are moved out of the garbage collector's sight
+    # (gc.freeze), so that its full collections do not stop the I/O loop for a second at thousands of
+    # agents (bridge/gcfreeze.py, docs/performance.md); 0 leaves the collector as Python sets it
+    "GC_FREEZE_SECONDS": 5.0,
     # On SIGTERM (docs/operations.md): how long agents' XMPP sessions stay open after the sockets were
     # closed with 1012, so that a replacement process signs them in again before Finesse logs them out
     # (Finesse: 60 s after their presence goes). gunicorn's --graceful-timeout must be longer.

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from .failover import IN_SERVICE, NodeWatcher
+from .gcfreeze import GcFreezer
 from .metrics import Metrics
 from .profiles import Profiles
 from .records import RecordHook, RecordQueue, RecordWriter
@@ -66,6 +67,7 @@ class Bridge:
         self.screenpop = ScreenPop.from_config(config)  # checks the rules: ConfigError at start
         self._hub: NotifyHub | None = None
         self._hub_lock = threading.Lock()
+        self.gc = GcFreezer(config["GC_FREEZE_SECONDS"])
         self.workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge-work")
         self.sockets = 0  # connected WebSockets, kept by ws.py
         self.metrics = Metrics(self._gauges)
@@ -100,6 +102,7 @@ class Bridge:
                                       reconnect_max=c["XMPP_RECONNECT_MAX_SECONDS"],
                                       max_concurrent=self.failover.max_concurrent)
                 self._hub.start()
+                self.gc.start()  # with the first agent: a process that never signs one in needs none
             return self._hub
 
     close_hooks: list[Callable[[], None]]  # ws.py: stop the request workers
@@ -117,6 +120,7 @@ class Bridge:
             if self._hub is not None:
                 self._hub.stop()
                 self._hub = None
+        self.gc.thaw()
         self.workers.shutdown(wait=False, cancel_futures=True)
         self.records.close(timeout=self.config["DATABASE_TIMEOUT_SECONDS"])
         if self.webhooks is not None:  # after the records: their outbox rows are written by then
