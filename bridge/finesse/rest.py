@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Protocol
@@ -16,6 +17,7 @@ from xml.etree.ElementTree import Element
 
 import requests
 import requests.adapters
+import requests.utils
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
 
 from ..errors import (ActionRefused, BadCredentials, BridgeError, FinesseError, InvalidParams, NoSuchCall, Timeout,
@@ -105,6 +107,32 @@ class NodeGate(Protocol):
     def suspect(self, node: NodeAddress | None) -> None: ...
 
 
+class _SharedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with one verifying SSLContext built once (requests' documented hook).
+
+    requests otherwise works out the TLS settings of every request again, a stat of the CA bundle
+    among them: about a tenth of a sign-in's CPU. Verification cannot be turned off here: the
+    context checks the certificate chain (the bundle, else certifi's, as requests does) and the
+    host name, whatever ``verify`` a caller passes.
+    """
+
+    def __init__(self, ca_bundle: str | None, **kwargs: Any) -> None:
+        self.tls = ssl.create_default_context(cafile=ca_bundle or requests.utils.DEFAULT_CA_BUNDLE_PATH)
+        super().__init__(**kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        # The pool's SSLContext carries the trust: always required, nothing loaded per request, and
+        # never CERT_NONE (which would be set on the shared context) whatever ``verify`` says.
+        conn.cert_reqs = "CERT_REQUIRED"
+        conn.ca_certs = conn.ca_cert_dir = None
+
+    def build_connection_pool_key_attributes(self, request: requests.PreparedRequest, verify: Any,
+                                             cert: Any = None) -> Any:
+        url = urlsplit(request.url or "")
+        host = {"scheme": url.scheme.lower(), "host": url.hostname, "port": url.port}
+        return host, {"ssl_context": self.tls, "cert_reqs": "CERT_REQUIRED"}
+
+
 class FinesseNodes:
     """The configured nodes and the preferred one, shared by every agent of a process.
 
@@ -122,11 +150,20 @@ class FinesseNodes:
         self._current = 0
         self._failed: set[NodeAddress] = set()
         self.gate: NodeGate | None = None
-        # One connection pool for every agent's session (each request carries its own credentials;
-        # cookies stay per session): a few kept-alive connections per node instead of one per agent,
-        # so thousands of agents cost Finesse no thousands of sockets (docs/performance.md).
-        self.adapter = requests.adapters.HTTPAdapter(pool_connections=max(2, len(self.nodes)),
-                                                     pool_maxsize=max(1, pool_size))
+        self._pool_size = max(1, pool_size)
+        self._adapters: dict[str | None, _SharedAdapter] = {}
+
+    def adapter(self, ca_bundle: str | None) -> _SharedAdapter:
+        """The connection pool every agent's session shares (one per CA bundle; in practice one).
+
+        Each request carries its own credentials and cookies stay per session, so a few kept-alive
+        connections per node serve every agent, instead of one per agent (docs/performance.md)."""
+        with self._lock:
+            adapter = self._adapters.get(ca_bundle)
+            if adapter is None:
+                adapter = self._adapters[ca_bundle] = _SharedAdapter(
+                    ca_bundle, pool_connections=max(2, len(self.nodes)), pool_maxsize=self._pool_size)
+            return adapter
 
     @classmethod
     def from_config(cls, entries: Iterable[Mapping[str, Any]]) -> FinesseNodes:
@@ -239,8 +276,9 @@ class FinesseRest:
             session.headers["Authorization"] = f"Bearer {token}"
         else:
             session.auth = (user, password)
-        session.mount("https://", nodes.adapter)
-        session.mount("http://", nodes.adapter)
+        adapter = nodes.adapter(ca_bundle)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
         self._session = session
 
     def __repr__(self) -> str:
