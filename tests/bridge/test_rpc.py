@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+from importlib import resources
 from typing import Any, Callable
 
 import pytest
+from jsonschema.validators import validator_for
 
 from bridge import protocol, rpc
 from bridge.errors import ActionRefused, NotSignedIn, NoSuchCall
@@ -270,6 +272,149 @@ def test_deeply_nested_json_is_answered_not_raised(ctx, depth):
     reply = answer(ctx, '{"jsonrpc": "2.0", "method": "session.ping", "id": 1, "params": {"x": '
                    + "[" * depth + "]" * depth + "}}")
     assert reply["error"]["code"] in (-32700, -32600, -32602)
+
+
+# -- the request check: what jsonrpcserver's own (jsonschema) validator answers ---------------------
+
+def _stock_validator() -> Any:
+    """jsonrpcserver's default validator, built as it builds it (its request-schema.json, draft 4)."""
+    schema = json.loads(resources.files("jsonrpcserver").joinpath("request-schema.json").read_text())
+    return validator_for(schema)(schema)
+
+
+STOCK = _stock_validator()
+
+
+@pytest.mark.parametrize("message", [
+    {"jsonrpc": "1.0", "method": "session.ping", "id": 1},
+    {"jsonrpc": 2.0, "method": "session.ping", "id": 1},
+    {"jsonrpc": "2.0 ", "method": "session.ping", "id": 1},
+    {"jsonrpc": None, "method": "session.ping", "id": 1},
+    {"method": "session.ping", "id": 1},
+    {"jsonrpc": "2.0", "id": 1},
+    {"jsonrpc": "2.0", "method": None, "id": 1},
+    {"jsonrpc": "2.0", "method": 1, "id": 1},
+    {"jsonrpc": "2.0", "method": ["session.ping"], "id": 1},
+    {"jsonrpc": "2.0", "method": "session.ping", "params": "bar", "id": 1},
+    {"jsonrpc": "2.0", "method": "session.ping", "params": 1, "id": 1},
+    {"jsonrpc": "2.0", "method": "session.ping", "params": None, "id": 1},
+    {"jsonrpc": "2.0", "method": "session.ping", "params": True, "id": 1},
+    {"jsonrpc": "2.0", "method": "session.ping", "id": False},
+    {"jsonrpc": "2.0", "method": "session.ping", "id": True},
+    {"jsonrpc": "2.0", "method": "session.ping", "id": 1, "extra": 1},
+    {"jsonrpc": "2.0", "method": "session.ping", "ID": 1},
+    {"jsonrpc": "2.0", "method": "session.ping", "id": 1, "result": {}},
+    {"jsonrpc": "2.0", "method": "session.resume", "params": {"resumeToken": "t", "lastSeq": 0}, "id": True},
+    {"jsonrpc": "2.0", "method": 1},  # a notification, but not a request object: answered
+    {}, "2.0", None, 7, True,
+])
+def test_what_the_stock_validator_refuses_is_an_invalid_request(ctx, message):
+    assert not STOCK.is_valid(message)
+    assert answer(ctx, json.dumps(message)) == INVALID_REQUEST
+    assert answer(ctx, [message, {**PING, "id": "p"}])[0] == INVALID_REQUEST  # and as an element of a batch
+
+
+@pytest.mark.parametrize("message, reply", [
+    ({**PING, "id": 1.5}, "result"),
+    ({**PING, "id": -3}, "result"),
+    ({**PING, "id": 1e300}, "result"),
+    ({**PING, "params": {}, "id": 1}, "result"),
+    ({**PING, "params": [], "id": 1}, "result"),  # positional, but none: nothing to refuse
+    ({"jsonrpc": "2.0", "method": "", "id": 1}, error(-32601, "Method not found", 1)),
+    ({"jsonrpc": "2.0", "method": "session.ping", "params": ["x"], "id": 1}, -32602),
+])
+def test_what_the_stock_validator_accepts_is_dispatched(ctx, message, reply):
+    assert STOCK.is_valid(message)
+    got = answer(ctx, message)
+    if reply == "result":
+        assert got["id"] == message["id"] and "at" in got["result"]
+    elif isinstance(reply, int):
+        assert got["error"]["code"] == reply and got["id"] == message["id"]
+    else:
+        assert got == reply
+
+
+def test_a_nested_array_in_a_batch_is_an_invalid_request(ctx):
+    """The one answer that differs from jsonrpcserver's: its schema takes an array of requests anywhere,
+    so a batch inside a batch ran (past max_batch) and the message then failed with -32603."""
+    ctx.session = FakeSession()
+    ready = {"jsonrpc": "2.0", "method": "agent.setState", "params": {"state": "READY"}}
+    assert STOCK.is_valid([ready] * 3)
+    assert answer(ctx, [[ready] * 3, {**PING, "id": "p"}])[0] == INVALID_REQUEST
+    assert answer(ctx, [[{**ready, "id": 1}]]) == [INVALID_REQUEST]
+    assert ctx.session.backend.rest.calls == []  # nothing inside reached Finesse
+
+
+# -- params: the fast path accepts exactly what jsonschema accepts, jsonschema words the refusals ----
+
+@pytest.mark.parametrize("method, params", [
+    ("customer.lookup", {"number": "", "limit": 50.0}),  # Draft 2020-12: 50.0 is an integer
+    ("agent.setState", {"state": "READY", "reasonCodeId": 1.0}),
+    ("call.sendDigits", {"callId": "1", "digits": "12\n"}),  # Python's $ matches before a final newline
+    ("call.make", {"to": "5550100", "variables": {"callVariable10": "\u00e9" * 40, "user.a.b[1]": "x"}}),
+    ("call.make", {"to": "5550100", "variables": {}}),
+    ("call.setWrapUp", {"callId": "1", "reason": "x" * 40}),
+])
+def test_edge_params_that_jsonschema_accepts_are_accepted(ctx, method, params):
+    ctx.session = FakeSession()
+    ctx.session.call = lambda call_id: None
+    reply = answer(ctx, {"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+    assert reply == {"jsonrpc": "2.0", "result": {"contact": None, "records": []} if method == "customer.lookup" else {},
+                     "id": 1}
+
+
+def test_an_integral_float_last_seq_reaches_resume(ctx):
+    seen: list[Any] = []
+
+    def resume(socket: Any, token: str, last_seq: int, reply: Any) -> Any:
+        seen.append(last_seq)
+        return FakeSession()
+    ctx.bridge.resume = resume
+    params = {"resumeToken": "t", "lastSeq": 3.0}
+    assert rpc.handle(json.dumps({"jsonrpc": "2.0", "method": "session.resume", "params": params, "id": 1}),
+                      ctx) == ""  # type: ignore[arg-type]
+    assert seen == [3.0]
+
+
+@pytest.mark.parametrize("method, params, message", [
+    ("call.answer", {"callId": 12}, "call.answer params: 12 is not of type 'string' (at $.callId)"),
+    ("call.answer", {"callId": ""}, "call.answer params: '' should be non-empty (at $.callId)"),
+    ("call.answer", {"callId": "1", "x": 1},
+     "call.answer params: Additional properties are not allowed ('x' was unexpected) (at $)"),
+    ("session.resume", {"resumeToken": "t", "lastSeq": 1.5},
+     "session.resume params: 1.5 is not of type 'integer' (at $.lastSeq)"),
+    ("session.resume", {"resumeToken": "t", "lastSeq": True},
+     "session.resume params: True is not of type 'integer' (at $.lastSeq)"),
+    ("session.resume", {"resumeToken": "t", "lastSeq": -1},
+     "session.resume params: -1 is less than the minimum of 0 (at $.lastSeq)"),
+    ("customer.lookup", {"number": "1", "limit": True},
+     "customer.lookup params: True is not of type 'integer' (at $.limit)"),
+    ("customer.lookup", {"number": "1", "limit": 51},
+     "customer.lookup params: 51 is greater than the maximum of 50 (at $.limit)"),
+    ("agent.setState", {"state": "ready"},
+     "agent.setState params: 'ready' is not one of ['READY', 'NOT_READY', 'WORK', 'WORK_READY'] (at $.state)"),
+    ("agent.setState", {"state": "READY", "reasonCodeId": True},
+     "agent.setState params: True is not of type 'string', 'integer' (at $.reasonCodeId)"),
+    ("call.sendDigits", {"callId": "1", "digits": "E"},
+     "call.sendDigits params: 'E' does not match '^[0-9A-D*#]{1,32}$' (at $.digits)"),
+    ("call.make", {"to": "1", "variables": {"callVariable11": "x"}},
+     "call.make params: 'callVariable11' does not match '^(callVariable([1-9]|10)|user\\\\.[A-Za-z0-9_.\\\\[\\\\]]+)$'"
+     " (at $.variables)"),
+    ("call.make", {"to": "1", "variables": {"callVariable1": "x" * 41}},
+     f"call.make params: '{'x' * 41}' is too long (at $.variables.callVariable1)"),
+    ("session.login", {"password": "pw", "extension": "1"},
+     "session.login params: {'password': '***', 'extension': '1'} is not valid under any of the given schemas (at $)"),
+])
+def test_invalid_params_get_jsonschemas_message(ctx, method, params, message):
+    ctx.session = FakeSession()
+    assert answer(ctx, {"jsonrpc": "2.0", "method": method, "params": params, "id": 1}) == error(-32602, message, 1)
+    assert ctx.session.backend.rest.calls == []
+
+
+def test_both_login_names_are_refused(ctx):
+    params = {"agentId": "1001", "loginName": "jdoe", "password": "pw", "extension": "71001"}
+    reply = answer(ctx, {"jsonrpc": "2.0", "method": "session.login", "params": params, "id": 1})
+    assert reply["error"]["code"] == -32602 and "is valid under each of" in reply["error"]["message"]
 
 
 # -- sessions and errors ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Callbacks land in queues; tests wait on them with deadlines, never sleep.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import socket
@@ -16,7 +17,7 @@ import requests
 
 from bridge.errors import BadCredentials, Timeout, Unavailable
 from bridge.finesse.model import Agent as UserModel
-from bridge.finesse import model
+from bridge.finesse import model, xmppclient
 from bridge.finesse.model import Update
 from bridge.finesse.notify import AgentConnection, NotifyHub, backoff_delay
 from simulator.config import SimConfig
@@ -222,6 +223,40 @@ def test_starttls_with_the_simulator_certificate_as_ca(tls_sim: Simulator) -> No
         assert agent.wait_user().state == "NOT_READY"
     finally:
         notify.stop()
+
+
+def test_a_tls_connection_reads_through_a_small_buffer_and_large_notifications_arrive_whole(
+        tls_sim: Simulator) -> None:
+    notify = NotifyHub(ca_bundle=tls_sim.cert_path, connect_timeout=WAIT).start()
+    try:
+        agent = Agent(tls_sim)
+        conn = agent.connect(notify, tls="starttls")
+        protocol = conn._xmpp.transport._ssl_protocol  # asyncio's SSLProtocol under slixmpp
+        assert len(protocol._ssl_buffer) == xmppclient.TLS_READ_BUFFER < 256 * 1024
+        big = "x" * 200_000  # more than ten TLS records, each read through the small buffer
+        agent.publish(GOOD.replace("<requestId></requestId>", f"<requestId>{big}</requestId>"))
+        agent.publish(GOOD.replace("PUT", "DELETE"))
+        assert agent.next_update()[1].requestId == big
+        assert agent.next_update()[1].event == "DELETE"
+        assert conn.connected
+    finally:
+        notify.stop()
+
+
+# SCRAM's Hi (RFC 5802 2.2) is PBKDF2's first block: RFC 6070's PBKDF2-HMAC-SHA1 vectors and the first
+# 32 bytes of RFC 7914's PBKDF2-HMAC-SHA256 one.
+@pytest.mark.parametrize("name, password, salt, iterations, expect", [
+    ("sha1", "password", b"salt", 1, "0c60c80f961f0e71f3a9b524af6012062fe037a6"),
+    ("sha1", "password", b"salt", 4096, "4b007901b765489abead49d926f721d065a429c1"),
+    ("sha256", "passwd", b"salt", 1, "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc"),
+])
+def test_scram_hi_is_pbkdf2(name: str, password: str, salt: bytes, iterations: int, expect: str) -> None:
+    from slixmpp.util.sasl.mechanisms import SCRAM
+    mech = SCRAM.__new__(SCRAM)  # Hi needs only the hash
+    mech.hash = getattr(hashlib, name)
+    assert SCRAM.Hi is not xmppclient.SLIXMPP_HI  # the C PBKDF2 is installed...
+    assert mech.Hi(password, salt, iterations).hex() == expect
+    assert xmppclient.SLIXMPP_HI(mech, password, salt, iterations).hex() == expect  # ...and agrees with slixmpp's
 
 
 @pytest.mark.parametrize("trust", ["system", "other-ca"])

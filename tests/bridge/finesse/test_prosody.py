@@ -26,6 +26,7 @@ from xml.etree import ElementTree as ET
 import pytest
 from slixmpp import ClientXMPP
 
+from bridge.finesse import xmppclient
 from bridge.finesse.model import Update
 from bridge.finesse.notify import NotifyHub
 from simulator.tls import make_certificate
@@ -228,7 +229,9 @@ def receive_an_update(prosody: Prosody) -> None:
         assert conn.connected
         # PLAIN in clear on loopback; over TLS slixmpp prefers the SCRAM that Prosody offers.
         mechanism = conn._xmpp.plugin["feature_mechanisms"].mech.name
-        assert mechanism.startswith("SCRAM-") if prosody.tls else mechanism == "PLAIN"
+        assert mechanism.startswith("SCRAM-") if prosody.tls else mechanism == "PLAIN"  # SCRAM: hashlib's PBKDF2
+        if prosody.tls:
+            assert len(conn._xmpp.transport._ssl_protocol._ssl_buffer) == xmppclient.TLS_READ_BUFFER
         publisher.connect()
         publisher.create_subscribe_publish(conn.jid, USER_UPDATE)
         try:
