@@ -42,7 +42,7 @@ bench-simulator: $(STAMP)
 	$(PY) bench/simulator_load.py
 
 bench-bridge: $(STAMP)
-	$(PY) bench/bridge_load.py
+	$(PY) bench/bridge_load.py --agents 2000 --rate 20 --duration 60
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache

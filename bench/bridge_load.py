@@ -21,8 +21,10 @@ item id; the baseline listener of the same agent receives the same item, so each
 is matched to the item that caused it: call.ringing <- the Dialogs POST (agent's participant
 ALERTING), call.answered <- the first Dialog where it is ACTIVE, call.ended <- the first Dialog where
 it is gone (DROPPED) or the DELETE. Also prints the bridge worker's RSS per agent and its CPU during
-the storm. Bounded: an overall deadline, then every socket and process is closed (terminate, kill).
-Exit status 0 only when every expected notification arrived, matched, with no errors.
+the storm. Bounded: an overall deadline, then every socket and process is closed (terminate, kill),
+also on Ctrl-C or SIGTERM. Exit status 0 only when every expected notification arrived, matched,
+with no errors. The "targets:" lines compare with the issue's targets, each set at one agent count
+(memory at 5,000, the rest at 2,000): at other counts they print for reference.
 """
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ TAG = {name: re.compile(rf"<{name}>([^<]*)</{name}>") for name in ("id", "event"
 PARTICIPANTS = re.compile(r"<participants>.*?</participants>", re.S)
 PARTICIPANT = re.compile(r"<Participant>(.*?)</Participant>", re.S)
 CALL_EVENTS = ("call.ringing", "call.answered", "call.ended")
+STARTED: list["Proc"] = []  # every child process, so that main() can stop them whatever happened
+MEMORY_AT, STORM_AT = 5000, 2000  # the agent counts the issue's targets are set at (docs/performance.md)
 
 
 @dataclass
@@ -79,6 +83,8 @@ class Run:
 class Proc:
     """A child process with its output in a log file; stopped with terminate, then kill."""
 
+    stopped = False
+
     def __init__(self, name: str, argv: list[str], log_dir: str, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log_path = os.path.join(log_dir, f"{name}.log")
@@ -86,6 +92,7 @@ class Proc:
         self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                       cwd=ROOT, env=env, start_new_session=True)
         self.pid = self.popen.pid
+        STARTED.append(self)
 
     def log_text(self) -> str:
         with open(self.log_path, "rb") as handle:
@@ -102,6 +109,9 @@ class Proc:
             return []
 
     def stop(self, timeout: float = 20.0) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         children, began = self.children(), time.monotonic()
         if self.popen.poll() is None:
             self.popen.terminate()
@@ -460,16 +470,18 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
             print(f"memory ({which}, VmRSS): {rss_before / 1024:.0f} MB before sign-in, {rss_after / 1024:.0f} MB "
                   f"with {len(signed_in)} sockets signed in and READY = {(rss_after - rss_before) / len(signed_in):.0f} KB per agent; "
                   f"{threads_now} threads" + (f" (master {master_before / 1024:.0f} MB, not included)" if workers else "")
-                  + f"; permessage-deflate {'offered' if args.deflate else 'not offered'}"
+                  + f"; permessage-deflate {'offered' if args.deflate else 'not offered'}, "
+                  f"negotiated on {sum(1 for u in signed_in if (ws := agents[u].ws) is not None and ws.compress)} sockets"
                   + f"; XMPP {'STARTTLS' if args.tls else 'without TLS'}")
             per_agent_kb = (rss_after - rss_before) / len(signed_in)
             targets: list[str] = []
 
-            def target(name: str, value: float, limit: float, unit: str) -> None:
-                verdict = "met" if value <= limit else "NOT met"
+            def target(name: str, value: float, limit: float, unit: str, at: int) -> None:
+                """The issue sets each target at one agent count: other counts print it for reference."""
+                verdict = ("met" if value <= limit else "NOT met") if n == at else f"for reference (set at {at} agents)"
                 targets.append(f"  {name}: {value:.2f}{unit} (target at most {limit:g}{unit}): {verdict}")
-            target(f"memory per signed-in agent at {len(signed_in)} agents", per_agent_kb, 200, " KB")
-            target(f"sign-in of {len(signed_in)} agents", signin_s, 30, " s")
+            target(f"memory per signed-in agent at {len(signed_in)} agents", per_agent_kb, 200, " KB", MEMORY_AT)
+            target(f"sign-in of {len(signed_in)} agents", signin_s, 30, " s", STORM_AT)
             if args.duration == 0:  # memory and sign-in only
                 ok = not run.errors and len(signed_in) == n
                 print("targets:\n" + "\n".join(targets))
@@ -598,9 +610,10 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
             answer_ratio = (percentile(answer_bridge, 0.5) / percentile(answer_direct, 0.5)
                             if answer_bridge and answer_direct else float("nan"))
             print(f"  ratio bridge/direct: p50 {answer_ratio:.2f}x")
-            target(f"Finesse event -> client p99 at {len(signed_in)} agents", percentile(all_bridge, 0.99), 25, " ms")
-            target("bridge/baseline latency at p50", p50, 1.3, "x")
-            target("call.answer bridge/direct at p50", answer_ratio, 1.2, "x")
+            target(f"Finesse event -> client p99 at {len(signed_in)} agents", percentile(all_bridge, 0.99), 25, " ms",
+                   STORM_AT)
+            target("bridge/baseline latency at p50", p50, 1.3, "x", STORM_AT)
+            target("call.answer bridge/direct at p50", answer_ratio, 1.2, "x", STORM_AT)
             if slow_at:
                 seconds = sorted({t // 1_000_000 for t in slow_at})
                 print(f"  bridge notifications over {SLOW_US // 1000} ms: {len(slow_at)}, published in "
@@ -687,9 +700,12 @@ def main() -> int:
           f"server={args.server} threads={args.threads} deadline={args.deadline:.0f} s")
     log_dir = tempfile.mkdtemp(prefix="bridge-load-")
     status = 1
+    signal.signal(signal.SIGTERM, _interrupted)  # as Ctrl-C: the processes are still stopped
     try:
         status = asyncio.run(run(args, log_dir))
     finally:
+        for proc in STARTED:  # a run cut short (Ctrl-C, SIGTERM) still leaves no process behind
+            proc.stop()
         if status == 0 and not args.keep_logs:
             shutil.rmtree(log_dir, ignore_errors=True)
         else:
@@ -697,6 +713,11 @@ def main() -> int:
         print("result: " + ("all expected notifications arrived through the bridge, no errors" if status == 0
                             else "FAILED"), flush=True)
     return status
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up is not cut short by a second one
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
