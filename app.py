@@ -2,7 +2,7 @@
 
     python app.py [--port 8080] [--config FILE] [--simulator]
 
-Production: ``gunicorn "app:create_app()" -k gthread -w 1 --threads N`` (README).
+Production: ``gunicorn -c gunicorn.conf.py "app:create_app()"`` (README; sockets hold no thread).
 """
 from __future__ import annotations
 
