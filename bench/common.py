@@ -12,6 +12,8 @@ import os
 import re
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -35,6 +37,35 @@ def free_port_pair() -> int:
         except OSError:
             continue
     raise RuntimeError("no free port pair")
+
+
+def start_simulator(agents: int, tls: bool) -> tuple[subprocess.Popen[str], int, int]:
+    """``python -m simulator`` on free loopback ports, once its console line is out: (process, REST, XMPP)."""
+    rest_port, xmpp_port = free_port_pair(), free_port_pair()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulator", "--agents", str(agents), "--rest-port", str(rest_port),
+         "--xmpp-port", str(xmpp_port), "--password", PASSWORD, "--presence-grace", "600"]
+        + (["--tls"] if tls else []),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while "console" not in (line := proc.stdout.readline()):
+        if not line and proc.poll() is not None or time.monotonic() > deadline:
+            stop_simulator(proc)
+            raise RuntimeError("the simulator did not start")
+    return proc, rest_port, xmpp_port
+
+
+def stop_simulator(proc: subprocess.Popen[str]) -> None:
+    """Terminate, then kill after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
 
-from common import HOST, ITEM, PASSWORD, RawAgent as _RawAgent, basic, cpu_seconds, free_port_pair, percentile, rss_mb
+from common import (HOST, ITEM, RawAgent as _RawAgent, basic, cpu_seconds, percentile, rss_mb,
+                    start_simulator, stop_simulator)
 
 
 @dataclass
@@ -47,22 +46,11 @@ class RawAgent(_RawAgent):
 
 
 async def run(args: argparse.Namespace) -> int:
-    rest_port, xmpp_port = free_port_pair(), free_port_pair()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "simulator", "--agents", str(args.agents), "--rest-port", str(rest_port),
-         "--xmpp-port", str(xmpp_port), "--password", PASSWORD, "--presence-grace", "600"]
-        + (["--tls"] if args.tls else []),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc, rest_port, xmpp_port = start_simulator(args.agents, args.tls)
     base = f"http://{HOST}:{rest_port}"
     stats = Stats()
     agents: list[RawAgent] = []
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 30
-        while "console" not in (line := proc.stdout.readline()):
-            if not line and proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the simulator did not start")
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
             state = await (await http.get(base + "/sim/api/state")).json()
             ids = [a["id"] for a in state["agents"] if "Supervisor" not in a["roles"]][: args.agents]
@@ -156,14 +144,7 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         for agent in agents:
             await agent.close()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_simulator(proc)
 
 
 def main() -> int:

@@ -32,7 +32,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from common import HOST, PASSWORD, ROOT, free_port_pair, rss_kb
+from common import HOST, PASSWORD, ROOT, rss_kb, start_simulator, stop_simulator
 
 sys.path.insert(0, ROOT)
 
@@ -41,32 +41,6 @@ from bridge.finesse.notify import NotifyHub  # noqa: E402
 
 SCRAM_ITERATIONS = 10_000  # Prosody 0.12's default; Openfire's is 4096
 CHILD_TIMEOUT = 600.0
-
-
-def start_simulator(agents: int) -> tuple[subprocess.Popen[str], int, int]:
-    rest_port, xmpp_port = free_port_pair(), free_port_pair()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "simulator", "--agents", str(agents), "--rest-port", str(rest_port),
-         "--xmpp-port", str(xmpp_port), "--password", PASSWORD, "--presence-grace", "600", "--tls"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while "console" not in (line := proc.stdout.readline()):
-        if not line and proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("the simulator did not start")
-    return proc, rest_port, xmpp_port
-
-
-def stop_simulator(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def get(url: str) -> bytes:
@@ -99,7 +73,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         from slixmpp.util.sasl.mechanisms import SCRAM
         xmppclient.TLS_READ_BUFFER = None  # asyncio's 256 KiB
         SCRAM.Hi = xmppclient.SLIXMPP_HI  # slixmpp's PBKDF2 in Python
-    proc, rest_port, xmpp_port = start_simulator(args.agents + 1)
+    proc, rest_port, xmpp_port = start_simulator(args.agents + 1, tls=True)
     base = f"http://{HOST}:{rest_port}/sim/api"
     hub: NotifyHub | None = None
     try:

@@ -43,3 +43,8 @@ def test_xmpp_client_cost_compares_stock_and_tuned() -> None:
 def test_rpc_dispatch_compares_stock_and_tuned_with_the_same_replies() -> None:
     out = run("rpc_dispatch.py", "--number", "20", "--repeat", "1")
     assert "call.answer" in out and "stock/tuned" in out
+
+
+def test_simulator_load_sustains_a_small_storm() -> None:
+    out = run("simulator_load.py", "--agents", "20", "--rate", "5", "--duration", "3", "--hold", "0.5")
+    assert "delivery latency (publish to client): p50" in out and "result: sustained" in out
