@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -23,6 +24,14 @@ DEFAULTS: dict[str, Any] = {
     "FINESSE_HTTP_CONNECTIONS": 64,  # kept-alive REST connections per node, shared by every agent
     "SYSTEMINFO_MAX_AGE_SECONDS": 5.0,  # a sign-in reuses a SystemInfo read this recently (0: always GET)
     "SIGNIN_MAX_CONCURRENT": 16,  # new sign-ins in flight toward Finesse; the others wait their turn
+    # Failed sign-ins (bridge/throttle.py, docs/security.md): at most this many per agent and per client
+    # address within the window, then 4029 with retryAfter, answered by the bridge. Keep twice the
+    # per-agent figure below Finesse's lockout threshold (an agent's loginId and loginName count apart
+    # until it has signed in once), and the window at least Finesse's time to forget failures.
+    "SIGNIN_MAX_FAILURES_PER_AGENT": 2,
+    "SIGNIN_MAX_FAILURES_PER_ADDRESS": 20,  # behind a proxy every browser shares its address: raise it
+    "SIGNIN_FAILURE_WINDOW_SECONDS": 300.0,
+    "SIGNIN_BACKOFF_SECONDS": 1.0,  # wait after a failure, doubling with each further one in the window
     "XMPP_TLS": "auto",  # auto: STARTTLS, except plain on loopback hosts; starttls; none (loopback only)
     "XMPP_PING_SECONDS": 10.0,
     "XMPP_CONNECT_TIMEOUT": 10.0,
@@ -41,6 +50,10 @@ DEFAULTS: dict[str, Any] = {
     "REPLAY_BUFFER_SECONDS": 120.0,
     "MAX_MESSAGE_BYTES": 64 * 1024,
     "MAX_BATCH": 20,
+    # Call variables a client may write (call.make, call.updateVariables; docs/security.md): names, or
+    # a prefix ending in "*" ("user.crm.*"). ECC variables (user.*) belong to the routing scripts and
+    # are not writable unless listed.
+    "WRITABLE_VARIABLES": [f"callVariable{n}" for n in range(1, 11)],
     "SEND_QUEUE_LIMIT": 1000,  # messages waiting for one socket before it is closed as too slow
     "WS_PING_SECONDS": 25.0,
     # permessage-deflate (bridge/ws.py, docs/performance.md): "off" (the browser's offer declined:
@@ -84,6 +97,8 @@ DEFAULTS: dict[str, Any] = {
 
 _NUMBERS = (int, float)
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# openrpc.json's Variables names (a prefix of one, for a WRITABLE_VARIABLES entry ending in *)
+_VARIABLE = re.compile(r"callVariable([1-9]|10)?|user\.[A-Za-z0-9_.\[\]]*")
 
 
 class ConfigError(ValueError):
@@ -128,9 +143,15 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError("RPC_THREADS: must be at least 1")
     if config["XMPP_TLS"] not in ("auto", "starttls", "none"):
         raise ConfigError(f"XMPP_TLS: expected auto, starttls or none, got {config['XMPP_TLS']!r}")
-    for key in ("ALLOWED_ORIGINS", "API_KEYS"):
+    for key in ("ALLOWED_ORIGINS", "API_KEYS", "WRITABLE_VARIABLES"):
         if not all(isinstance(item, str) for item in config[key]):
             raise ConfigError(f"{key}: expected a list of strings")
+    for name in config["WRITABLE_VARIABLES"]:
+        if not _VARIABLE.fullmatch(name.removesuffix("*")) and name not in ("user.*", "*"):
+            raise ConfigError(f"WRITABLE_VARIABLES: {name!r} is not a call variable name (callVariable1 to "
+                              f"callVariable10, user.<name>) or a prefix of one ending in *")
+    if config["SIGNIN_MAX_FAILURES_PER_AGENT"] < 1 or config["SIGNIN_MAX_FAILURES_PER_ADDRESS"] < 1:
+        raise ConfigError("SIGNIN_MAX_FAILURES_PER_AGENT and SIGNIN_MAX_FAILURES_PER_ADDRESS: must be at least 1")
     if config["PUBLIC_URL"] is not None:
         _check_public_url(config["PUBLIC_URL"])
     if config["LOG_LEVEL"] is not None and config["LOG_LEVEL"].upper() not in _LOG_LEVELS:

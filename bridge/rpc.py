@@ -10,6 +10,8 @@ import functools
 import inspect
 import json
 import logging
+import math
+import re
 import time
 from typing import Any, Callable, Iterator, Protocol
 from urllib.parse import urlsplit
@@ -19,7 +21,7 @@ from jsonrpcserver.response import ErrorResponse, Response, to_serializable_one
 from jsonrpcserver.sentinels import NODATA
 
 from . import protocol
-from .errors import BridgeError, Internal, InvalidParams as InvalidParamsError, NotSignedIn
+from .errors import BridgeError, Internal, InvalidParams as InvalidParamsError, NotAllowed, NotSignedIn
 from .finesse.model import VERB_ACTIONS
 from .profiles import digits_of
 from .records import list_records
@@ -35,6 +37,7 @@ class Context(Protocol):
 
     bridge: Any
     session: AgentSession | None
+    address: str  # the client's address, for the sign-in limits
 
     @property
     def socket(self) -> Socket: ...
@@ -52,11 +55,19 @@ def _session(ctx: Context) -> AgentSession:
 # -- session ---------------------------------------------------------------------------------------
 
 def session_login(ctx: Context, **params: Any) -> dict[str, Any]:
-    if ctx.session is not None and not ctx.session.closed:
-        ctx.session.detach(ctx.socket)
-    result = ctx.bridge.sign_in(ctx.socket, **params)
-    ctx.session = ctx.bridge.registry.by_token(result["resumeToken"])
+    """Sign in, or join the agent's session. A refusal leaves the socket exactly as it was (still
+    attached to its session, if it had one); a success moves it off its earlier session."""
+    result = ctx.bridge.sign_in(ctx.socket, address=ctx.address, **params)
+    _moved_to(ctx, ctx.bridge.registry.by_token(result["resumeToken"]))
     return dict(result)
+
+
+def _moved_to(ctx: Context, session: AgentSession | None) -> None:
+    """The socket now belongs to ``session``: let go of the one it had, if another."""
+    old = ctx.session
+    if old is not None and old is not session and not old.closed:
+        old.detach(ctx.socket)
+    ctx.session = session
 
 
 def session_resume(ctx: Context, *, resumeToken: str, lastSeq: int) -> None:
@@ -106,8 +117,16 @@ def call_list(ctx: Context) -> list[dict[str, Any]]:
         return session.calls.as_json()
 
 
+def _writable(ctx: Context, variables: dict[str, str] | None) -> None:
+    """4003 naming the first variable ``WRITABLE_VARIABLES`` does not let clients write."""
+    for name in variables or ():
+        if not ctx.bridge.writable_variable(name):
+            raise NotAllowed(f"Call variable {name} is not writable (WRITABLE_VARIABLES)", {"variable": name})
+
+
 def call_make(ctx: Context, *, to: str, variables: dict[str, str] | None = None) -> dict[str, Any]:
     session = _session(ctx)
+    _writable(ctx, variables)
     session.backend.rest.make_call(session.agent.id, session.extension, to, variables or None)
     return {}
 
@@ -116,6 +135,8 @@ def _action(verb: str, **extra: Any) -> Callable[..., dict[str, Any]]:
     def method(ctx: Context, *, callId: str, **params: Any) -> dict[str, Any]:
         session = _session(ctx)
         session.call(callId)  # 4004 unless the call is this agent's
+        if "variables" in params:
+            _writable(ctx, params["variables"])
         kwargs = {key: params[name] for name, key in extra.items() if name in params}
         session.backend.rest.dialog_action(callId, VERB_ACTIONS[verb], session.extension, **kwargs)
         return {}
@@ -222,6 +243,49 @@ def _params_problem(method: str, params: dict[str, Any], exc: Exception) -> str:
     return message
 
 
+def _unfit(params: dict[str, Any]) -> str | None:
+    """What JSON Schema lets through and the bridge cannot use, as "<problem> (at $.path)", or None.
+
+    No param of the protocol is a fraction, so a number written with one (5.0, 1e3) is refused
+    rather than read as an integer; a string (or key) holding half of a UTF-16 surrogate pair
+    ("\\ud800" alone) is not Unicode text and cannot go into Finesse's XML; and no param is more
+    than one line, so control characters (a newline in a callId would forge a log line) are
+    refused too. Iterative: params may be nested as deep as the parser allows.
+    """
+    stack: list[tuple[str, Any]] = [("$", params)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float):
+            return f"{value!r} is not an integer: write integers without a fraction or exponent (at {path})"
+        if isinstance(value, str):
+            problem = _bad_text(value)
+            if problem:
+                return f"{problem} (at {path})"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                problem = _bad_text(key)
+                if problem:
+                    return f"a name with {problem} (at {path})"
+                stack.append((f"{path}.{key}", item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
+    return None
+
+
+_NOT_TEXT = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def _bad_text(value: str) -> str:
+    """"" for text the bridge can pass on and log; else what is wrong with it (never the value)."""
+    found = _NOT_TEXT.search(value)
+    if found is None:
+        return ""
+    char = found.group()
+    if "\ud800" <= char <= "\udfff":
+        return "text that is not valid Unicode (a lone surrogate)"
+    return f"a control character (U+{ord(char):04X})"
+
+
 def _invalid_params(detail: str) -> Any:
     """-32602 with the reason (naming the param) as the message."""
     return Error(-32602, detail)
@@ -245,6 +309,9 @@ def _wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             protocol.validate_params(name, params)
         except Exception as exc:  # jsonschema.ValidationError: say which param and why
             return _invalid_params(_params_problem(name, params, exc))
+        unfit = _unfit(params)
+        if unfit is not None:
+            return _invalid_params(f"{name} params: {unfit}")
         started = time.perf_counter()
         try:
             return Success(fn(ctx, **params))
@@ -334,10 +401,49 @@ def _is_resume(data: Any) -> bool:
                                   or (isinstance(data["id"], int) and not isinstance(data["id"], bool))))
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: a float that JSON.parse would read back as Infinity
+        raise ValueError("number out of range")
+    return value
+
+
+def _loads(text: str) -> Any:
+    """RFC 8259 JSON only: NaN, Infinity and numbers beyond a double are refused (Python accepts
+    them, then writes them back as text a browser's JSON.parse rejects). Integers past 4,300 digits
+    are refused by Python itself."""
+    return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+
+
+ALONE = frozenset({"session.login", "session.resume", "rpc.discover"})
+"""Methods refused inside a batch: sign-ins (one at a time per socket: docs/security.md) and the
+protocol document (tens of kilobytes a reply)."""
+
+
+def _alone(item: Any) -> bool:
+    return isinstance(item, dict) and isinstance(item.get("method"), str) and item["method"] in ALONE
+
+
+def _refused_in_batch(item: dict[str, Any]) -> dict[str, Any] | None:
+    """The error for an ``ALONE`` method inside a batch (nothing for a notification); never run."""
+    try:
+        _check_request(item)
+    except ValueError:
+        return {"jsonrpc": "2.0", "error": {"code": -32600, "message": _SPEC_MESSAGES[-32600]}, "id": None}
+    if "id" not in item:
+        return None
+    message = f"{item['method']} must be sent on its own, not in a batch"
+    return {"jsonrpc": "2.0", "error": {"code": -32602, "message": message}, "id": item["id"]}
+
+
 def handle(text: str, ctx: Context, max_batch: int = 20) -> str:
     """One WebSocket message in, the reply text out ("" when nothing is owed)."""
     try:
-        data = json.loads(text)
+        data = _loads(text)
     except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
         return _error(-32700, "Parse error")
     try:
@@ -347,7 +453,9 @@ def handle(text: str, ctx: Context, max_batch: int = 20) -> str:
             if len(data) > max_batch:
                 return _error(-32600, "Invalid Request", f"a batch holds at most {max_batch} requests")
             # Each element on its own (JSON-RPC 2.0 section 6): an invalid one gets its own error.
-            replies = [reply for reply in (_dispatch_one(item, ctx) for item in data) if reply is not None]
+            replies = [reply for reply in (
+                _refused_in_batch(item) if _alone(item) else _dispatch_one(item, ctx) for item in data)
+                if reply is not None]
             return json.dumps(replies) if replies else ""
         if _is_resume(data):
             return _resume(data, ctx)
@@ -369,12 +477,14 @@ def _resume(data: dict[str, Any], ctx: Context) -> str:
             protocol.validate_params("session.resume", params)
         except Exception as exc:
             raise InvalidParamsError(_params_problem("session.resume", params, exc)) from None
+        unfit = _unfit(params)
+        if unfit is not None:
+            raise InvalidParamsError(f"session.resume params: {unfit}")
 
         def reply(result: dict[str, Any]) -> str:
             return json.dumps({"jsonrpc": "2.0", "result": result, "id": request_id})
-        if ctx.session is not None and not ctx.session.closed:
-            ctx.session.detach(ctx.socket)
-        ctx.session = ctx.bridge.resume(ctx.socket, params["resumeToken"], params["lastSeq"], reply)
+        # A refusal leaves the socket on the session it had; a success moves it.
+        _moved_to(ctx, ctx.bridge.resume(ctx.socket, params["resumeToken"], params["lastSeq"], reply))
         return ""  # already sent, in order, by the session
     except BridgeError as exc:
         return json.dumps({"jsonrpc": "2.0", "error": exc.to_json(), "id": request_id})

@@ -6,7 +6,6 @@ presence -> GET User and Dialogs -> a snapshot and a resume token for the browse
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -17,13 +16,14 @@ from .gcfreeze import GcFreezer
 from .metrics import Metrics
 from .profiles import Profiles
 from .records import RecordHook, RecordQueue, RecordWriter
-from .errors import BadCredentials, InvalidParams, NotSignedIn
+from .errors import BadCredentials, InvalidParams, NotSignedIn, TooManyAttempts
 from .finesse.model import Agent, Call, Update, is_loopback
 from .finesse.notify import AgentConnection, NotifyHub
 from .finesse.rest import FinesseNodes, FinesseRest, NodeAddress, SystemInfoProbe
 from .screenpop import ScreenPop
-from .sessions import AgentSession, SessionRegistry, Socket
+from .sessions import AgentSession, SessionRegistry, Socket, secret_check
 from .store import Store
+from .throttle import SignInThrottle
 from .webhooks import WebhookWorker
 from .webhooks import parse as parse_webhooks
 
@@ -63,6 +63,12 @@ class Bridge:
         # Sign-ins in flight toward Finesse (REST and XMPP), whatever the number of browsers asking
         self.signin_slots = threading.BoundedSemaphore(max(1, config["SIGNIN_MAX_CONCURRENT"]))
         self.registry = SessionRegistry()
+        writable = config["WRITABLE_VARIABLES"]
+        self._writable = (frozenset(n for n in writable if not n.endswith("*")),
+                          tuple(n[:-1] for n in writable if n.endswith("*")))
+        self.signin_throttle = SignInThrottle(
+            per_agent=config["SIGNIN_MAX_FAILURES_PER_AGENT"], per_address=config["SIGNIN_MAX_FAILURES_PER_ADDRESS"],
+            window=config["SIGNIN_FAILURE_WINDOW_SECONDS"], backoff=config["SIGNIN_BACKOFF_SECONDS"])
         self.failover = self._watcher(config)
         self.screenpop = ScreenPop.from_config(config)  # checks the rules: ConfigError at start
         self._hub: NotifyHub | None = None
@@ -84,6 +90,11 @@ class Bridge:
         if parse_webhooks(config["WEBHOOKS"]).endpoints:
             self.webhooks = WebhookWorker(self.store, config).start()
             self.record_hooks.append(self.webhooks.enqueue_for_record)
+
+    def writable_variable(self, name: str) -> bool:
+        """May a client write this call variable (``WRITABLE_VARIABLES``: names, or prefixes ending in *)?"""
+        names, prefixes = self._writable
+        return name in names or name.startswith(prefixes)
 
     def _gauges(self) -> dict[str, float]:
         hub = self._hub
@@ -141,30 +152,49 @@ class Bridge:
     # -- sign-in -----------------------------------------------------------------------------
 
     def sign_in(self, socket: Socket, *, extension: str, agentId: str | None = None, loginName: str | None = None,
-                password: str | None = None, token: str | None = None) -> dict[str, Any]:
+                password: str | None = None, token: str | None = None, address: str = "") -> dict[str, Any]:
+        """A new session, or this socket joins the agent's session (docs/security.md: sign-in guesses).
+
+        Failed sign-ins are limited per agent and per ``address`` (bridge/throttle.py) before anything
+        reaches Finesse. A signed-in agent's password is checked against its session in memory; a
+        new session's identity is resolved by Finesse (GET User) before the per-agent lock is
+        taken, so an agentId and a loginName of one agent make one session.
+        """
         if bool(agentId) == bool(loginName):
             raise InvalidParams("Give exactly one of agentId and loginName")
         if bool(password) == bool(token):
             raise InvalidParams("Give exactly one of password and token")
         if not extension:
             raise InvalidParams("extension is required")
-        key = str(agentId or loginName)
+        key = self.signin_throttle.alias(str(agentId or loginName))
         secret = str(password or token)
-        with self.registry.login_lock(key.lower()):
-            session = self.registry.get(key) if agentId else None
-            if session is None and loginName:
-                session = next((s for s in self.registry.all()
-                                if s.agent.loginName.lower() == key.lower()), None)
-            if session is not None:
-                return self._join(session, socket, secret, extension, token is not None)
-            return self._new_session(socket, key, password, token, extension)
+        self.signin_throttle.check(key, address)
+        session = self.registry.find(agentId, loginName)
+        if session is not None:
+            return self._join(session, socket, secret, extension, token is not None, key, address)
+        with self.signin_slots:  # bounded concurrency toward Finesse
+            return self._new_session(socket, key, password, token, extension, address)
 
-    def _join(self, session: AgentSession, socket: Socket, secret: str, extension: str, is_token: bool) -> dict[str, Any]:
-        """Another tab of a signed-in agent shares its session and its XMPP connection."""
-        if not session.same_password(secret):
-            # The password may have changed in Finesse: let Finesse decide, once.
-            with self._rest(session.agent.id, None if is_token else secret, secret if is_token else None) as rest:
-                rest.get_user(session.agent.id)
+    def _join(self, session: AgentSession, socket: Socket, secret: str, extension: str, is_token: bool,
+              key: str, address: str, verified: bool = False) -> dict[str, Any]:
+        """Another tab of a signed-in agent shares its session and its XMPP connection.
+
+        A password is compared with the session's (a salted hash, in memory) and never sent to
+        Finesse as a guess: after a password change, the session keeps the one it signed in with.
+        A different SSO token is asked of Finesse (tokens are renewed, cannot be guessed, and do
+        not lock the account), within the same limits. ``verified``: Finesse has just accepted
+        these credentials (a sign-in that lost the race to create the session).
+        """
+        if not verified and not session.same_password(secret):
+            try:
+                if not is_token:
+                    raise BadCredentials("The password does not match the agent's signed-in session")
+                with self._rest(session.agent.id, None, secret) as rest:
+                    rest.get_user(session.agent.id)
+            except (BadCredentials, TooManyAttempts):
+                self.signin_throttle.failed(key, address)
+                self.metrics.logins.labels("rejected").inc()
+                raise
         if extension != session.extension:
             raise InvalidParams(f"Agent is signed in on extension {session.extension}")
         session.attach(socket)
@@ -172,26 +202,37 @@ class Bridge:
         return self._login_result(session)
 
     def _new_session(self, socket: Socket, key: str, password: str | None, token: str | None,
-                     extension: str) -> dict[str, Any]:
-        with self.signin_slots:  # bounded concurrency toward Finesse
-            return self._new_session_bounded(socket, key, password, token, extension)
-
-    def _new_session_bounded(self, socket: Socket, key: str, password: str | None, token: str | None,
-                             extension: str) -> dict[str, Any]:
+                     extension: str, address: str) -> dict[str, Any]:
         rest = self._rest(key, password, token)
         try:
             # SystemInfo read by another sign-in a moment ago (or notified) serves this one too
             info = self.failover.fresh_info(self.nodes.current(), self.config["SYSTEMINFO_MAX_AGE_SECONDS"])
             if info is None:
                 info = rest.system_info()
-            user = rest.get_user(key)  # checks the credentials; resolves a loginName to its id
-            rest.sign_in(user.id, extension)
-        except BadCredentials:
-            self.metrics.logins.labels("rejected").inc()
+            try:
+                user = rest.get_user(key)  # checks the credentials; resolves a loginName to its id
+            except (BadCredentials, TooManyAttempts):
+                self.signin_throttle.failed(key, address)
+                self.metrics.logins.labels("rejected").inc()
+                raise
+            self.signin_throttle.succeeded(key, user.id, user.loginName)
+            with self.registry.agent_lock(user.id):
+                session = self.registry.get(user.id)
+                if session is not None:  # the same agent signed in meanwhile (another tab, its other name)
+                    rest.close()
+                    return self._join(session, socket, password or token or "", extension, token is not None,
+                                      key, address, verified=True)
+                return self._start_session(socket, rest, user, info, password or token or "", extension)
+        except BaseException:
+            rest.close()
             raise
-        secret = password or token or ""
+
+    def _start_session(self, socket: Socket, rest: FinesseRest, user: Agent, info: Any, secret: str,
+                       extension: str) -> dict[str, Any]:
+        """PUT LOGIN, XMPP, the first snapshot; the agent's lock is held."""
+        rest.sign_in(user.id, extension)
         session = AgentSession(
-            user, password_check=lambda given: hmac.compare_digest(given.encode(), secret.encode()),
+            user, password_check=secret_check(secret),
             replay_events=self.config["REPLAY_BUFFER_EVENTS"], replay_seconds=self.config["REPLAY_BUFFER_SECONDS"],
             grace_seconds=self.config["SESSION_GRACE_SECONDS"], on_expire=self.expire,
             on_emit=lambda method: self.metrics.notifications.labels(method).inc(), screenpop=self.screenpop.pop,

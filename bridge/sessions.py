@@ -7,13 +7,17 @@ own send queue, so a slow browser never blocks the XMPP loop.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import os
 import secrets
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Protocol
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Protocol
 
 from .calls import CallTracker, iso_now
 from .errors import NoSuchCall
@@ -47,6 +51,24 @@ class Backend(Protocol):
     def get_calls(self) -> list[Call]: ...
 
     def close(self) -> None: ...
+
+
+def secret_check(secret: str) -> Callable[[str], bool]:
+    """A check that a later sign-in gives the same password (or token) as ``secret``, for ``password_check``.
+
+    Keeps a salted hash, not the secret, and compares in constant time. A fast keyed hash
+    (HMAC-SHA-256 with a random salt per session) rather than a slow one: the agent's Finesse
+    credentials are in this process's memory anyway while the session lasts (XMPP reconnects
+    need them), and guesses are limited by the sign-in throttle (bridge/throttle.py), not by
+    the cost of one comparison.
+    """
+    salt = os.urandom(16)
+    digest = hmac.new(salt, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+    def same(given: str) -> bool:
+        mac = hmac.new(salt, given.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+        return hmac.compare_digest(mac, digest)
+    return same
 
 
 class AgentSession:
@@ -268,12 +290,43 @@ class SessionRegistry:
         self._lock = threading.Lock()
         self._by_agent: dict[str, AgentSession] = {}
         self._tokens: dict[str, AgentSession] = {}
-        self._login_locks: dict[str, threading.Lock] = {}
+        self._agent_locks: dict[str, tuple[threading.Lock, int]] = {}  # agent id -> (lock, holders and waiters)
 
-    def login_lock(self, agent_key: str) -> threading.Lock:
-        """Serialises sign-ins of one agent, so two tabs signing in at once make one session."""
+    @contextmanager
+    def agent_lock(self, agent_id: str) -> Iterator[None]:
+        """Serialises the sign-ins of one agent (by its Finesse id, resolved first: an agentId and a
+        loginName of one agent take the same lock), so two tabs signing in at once make one session.
+        The lock exists only while someone holds it or waits for it: identifiers that were tried
+        leave nothing behind."""
         with self._lock:
-            return self._login_locks.setdefault(agent_key, threading.Lock())
+            lock, users = self._agent_locks.get(agent_id, (threading.Lock(), 0))
+            self._agent_locks[agent_id] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._agent_locks[agent_id]
+                if users == 1:
+                    del self._agent_locks[agent_id]
+                else:
+                    self._agent_locks[agent_id] = (lock, users - 1)
+
+    def find(self, agent_id: str | None = None, login_name: str | None = None) -> AgentSession | None:
+        """The live session of the agent with this id, or with this loginName (case-insensitive)."""
+        if agent_id:
+            return self.get(agent_id)
+        if login_name:
+            name = login_name.lower()
+            with self._lock:
+                return next((s for s in self._by_agent.values()
+                             if not s.closed and s.agent.loginName.lower() == name), None)
+        return None
+
+    def lock_count(self) -> int:
+        """Per-agent locks held or waited for now (0 when no sign-in is in flight)."""
+        with self._lock:
+            return len(self._agent_locks)
 
     def get(self, agent_id: str) -> AgentSession | None:
         with self._lock:

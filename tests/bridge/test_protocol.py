@@ -361,3 +361,59 @@ def test_responses() -> None:
                 {"jsonrpc": "2.0", "id": 1, "method": "session.ping"},
                 [], "text"]:
         refused(protocol.validate_message, bad)
+
+
+def _strings(schema: Any, doc: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema under ``schema`` (refs followed) that admits a string, with where it is."""
+    if not isinstance(schema, dict):
+        return
+    if "$ref" in schema:
+        target: Any = doc
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        yield from _strings(target, doc, path)
+        return
+    types = schema.get("type")
+    if types == "string" or (isinstance(types, list) and "string" in types):
+        yield path, schema
+    for key in ("properties", "patternProperties"):
+        for name, sub in schema.get(key, {}).items():
+            yield from _strings(sub, doc, f"{path}.{name}")
+    if isinstance(schema.get("propertyNames"), dict):
+        yield f"{path} (names)", {"type": "string", **schema["propertyNames"]}
+    for key in ("items", "additionalProperties"):
+        yield from _strings(schema.get(key), doc, f"{path}[]")
+
+
+def test_every_string_param_has_a_maximum_length() -> None:
+    """Nothing a client sends is unbounded (docs/security.md): every string param, however deep,
+    has a maxLength (or is one of a few values); objects a client sends have a most-properties."""
+    doc = protocol.document()
+    unbounded = [f"{m['name']} {where}" for m in doc["methods"] for p in m["params"]
+                 for where, schema in _strings(p["schema"], doc, p["name"])
+                 if "maxLength" not in schema and "enum" not in schema]
+    assert unbounded == []
+    assert doc["components"]["schemas"]["Variables"]["maxProperties"] == 64
+
+
+@pytest.mark.parametrize("method, name, length", [
+    ("session.login", "agentId", 129), ("session.login", "loginName", 256), ("session.login", "password", 257),
+    ("session.login", "token", 8193), ("session.resume", "resumeToken", 129), ("call.answer", "callId", 65),
+])
+def test_identifiers_past_their_maximum_are_refused(method: str, name: str, length: int) -> None:
+    base = {"session.login": {"agentId": "1001", "password": "pw", "extension": "71001"},
+            "session.resume": {"resumeToken": "t", "lastSeq": 0}, "call.answer": {"callId": "1"}}[method]
+    params = {**base, name: "1" * length}
+    if name == "token":
+        params.pop("password")
+    if name == "loginName":
+        params.pop("agentId")
+    with pytest.raises(jsonschema.ValidationError, match="too long"):
+        protocol.validate_params(method, params)
+    protocol.validate_params(method, {**params, name: "1" * (length - 1)})  # the maximum itself passes
+
+
+@pytest.mark.parametrize("call_id", ["1\n2", "a b", "../x", "1;2", "<x>"])
+def test_call_ids_are_letters_digits_and_a_few_marks(call_id: str) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        protocol.validate_params("call.answer", {"callId": call_id})

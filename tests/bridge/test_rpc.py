@@ -14,7 +14,7 @@ import pytest
 from jsonschema.validators import validator_for
 
 from bridge import protocol, rpc
-from bridge.errors import ActionRefused, NotSignedIn, NoSuchCall
+from bridge.errors import ActionRefused, BadCredentials, NotSignedIn, NoSuchCall
 from bridge.metrics import Metrics
 
 PING = {"jsonrpc": "2.0", "method": "session.ping"}
@@ -76,6 +76,10 @@ class FakeBridge:
         self.resume: Callable[..., Any] = self._not_expected
 
     @staticmethod
+    def writable_variable(name: str) -> bool:  # WRITABLE_VARIABLES' default: callVariable1..10, no ECC
+        return name.startswith("callVariable")
+
+    @staticmethod
     def _not_expected(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("not expected in this test")
 
@@ -85,6 +89,7 @@ class FakeConnection:
 
     def __init__(self) -> None:
         self.id = "sock-1"
+        self.address = "127.0.0.1"
         self.bridge = FakeBridge()
         self.session: Any = None
         self.after: list[Callable[[], None]] = []
@@ -348,10 +353,10 @@ def test_a_nested_array_in_a_batch_is_an_invalid_request(ctx):
 # -- params: the fast path accepts exactly what jsonschema accepts, jsonschema words the refusals ----
 
 @pytest.mark.parametrize("method, params", [
-    ("customer.lookup", {"number": "", "limit": 50.0}),  # Draft 2020-12: 50.0 is an integer
-    ("agent.setState", {"state": "READY", "reasonCodeId": 1.0}),
-    ("call.sendDigits", {"callId": "1", "digits": "12\n"}),  # Python's $ matches before a final newline
-    ("call.make", {"to": "5550100", "variables": {"callVariable10": "\u00e9" * 40, "user.a.b[1]": "x"}}),
+    ("customer.lookup", {"number": "", "limit": 50}),
+    ("agent.setState", {"state": "READY", "reasonCodeId": 1}),
+    ("call.sendDigits", {"callId": "1", "digits": "12#"}),
+    ("call.make", {"to": "5550100", "variables": {"callVariable10": "\u00e9" * 40}}),
     ("call.make", {"to": "5550100", "variables": {}}),
     ("call.setWrapUp", {"callId": "1", "reason": "x" * 40}),
 ])
@@ -363,17 +368,81 @@ def test_edge_params_that_jsonschema_accepts_are_accepted(ctx, method, params):
                      "id": 1}
 
 
-def test_an_integral_float_last_seq_reaches_resume(ctx):
-    seen: list[Any] = []
+@pytest.mark.parametrize("method, params, message", [
+    # Draft 2020-12 calls 5.0 an integer; the bridge's store and Finesse do not: refused, not -32603
+    ("customer.lookup", {"number": "4155550100", "limit": 5.0},
+     "customer.lookup params: 5.0 is not an integer: write integers without a fraction or exponent (at $.limit)"),
+    ("agent.setState", {"state": "READY", "reasonCodeId": 1.0},
+     "agent.setState params: 1.0 is not an integer: write integers without a fraction or exponent (at $.reasonCodeId)"),
+    ("session.logout", {"reasonCodeId": 1e3},
+     "session.logout params: 1000.0 is not an integer: write integers without a fraction or exponent (at $.reasonCodeId)"),
+    # a lone surrogate cannot go into Finesse's XML (it was -32603 with a traceback)
+    ("call.make", {"to": "555\ud800"},
+     "call.make params: text that is not valid Unicode (a lone surrogate) (at $.to)"),
+    ("call.make", {"to": "5550100", "variables": {"callVariable1": "\udfff"}},
+     "call.make params: text that is not valid Unicode (a lone surrogate) (at $.variables.callVariable1)"),
+    # Python's $ matches before a final newline, so a pattern alone lets "12\n" through: a forged log line
+    ("call.sendDigits", {"callId": "1", "digits": "12\n"},
+     "call.sendDigits params: a control character (U+000A) (at $.digits)"),
+    ("call.answer", {"callId": "1\n"}, "call.answer params: a control character (U+000A) (at $.callId)"),
+    ("call.setWrapUp", {"callId": "1", "reason": "ok\x1b[31m"},
+     "call.setWrapUp params: a control character (U+001B) (at $.reason)"),
+])
+def test_params_jsonschema_accepts_but_the_bridge_cannot_use_are_invalid_params(ctx, caplog, method, params, message):
+    ctx.session = FakeSession()
+    ctx.session.call = lambda call_id: None
+    with caplog.at_level(logging.DEBUG, logger="bridge"):
+        reply = answer(ctx, {"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+    assert reply == error(-32602, message, 1)
+    assert ctx.session.backend.rest.calls == []  # nothing reached Finesse
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback
 
-    def resume(socket: Any, token: str, last_seq: int, reply: Any) -> Any:
-        seen.append(last_seq)
-        return FakeSession()
-    ctx.bridge.resume = resume
-    params = {"resumeToken": "t", "lastSeq": 3.0}
-    assert rpc.handle(json.dumps({"jsonrpc": "2.0", "method": "session.resume", "params": params, "id": 1}),
-                      ctx) == ""  # type: ignore[arg-type]
-    assert seen == [3.0]
+
+def test_a_fractional_last_seq_is_refused_by_resume(ctx):
+    params = {"resumeToken": "t", "lastSeq": 3.0}  # bridge.resume would raise AssertionError
+    assert answer(ctx, {"jsonrpc": "2.0", "method": "session.resume", "params": params, "id": 1}) == error(
+        -32602, "session.resume params: 3.0 is not an integer: write integers without a fraction or exponent "
+                "(at $.lastSeq)", 1)
+
+
+@pytest.mark.parametrize("text", [
+    '{"jsonrpc": "2.0", "method": "session.ping", "id": NaN}',
+    '{"jsonrpc": "2.0", "method": "session.ping", "id": Infinity}',
+    '{"jsonrpc": "2.0", "method": "session.ping", "id": -Infinity}',
+    '{"jsonrpc": "2.0", "method": "session.ping", "id": 1e999}',
+    '{"jsonrpc": "2.0", "method": "customer.lookup", "params": {"number": "1", "limit": 1e999}, "id": 1}',
+    '[{"jsonrpc": "2.0", "method": "session.ping", "id": NaN}]',
+])
+def test_nan_infinity_and_numbers_beyond_a_double_are_parse_errors(ctx, text):
+    reply = rpc.handle(text, ctx)  # type: ignore[arg-type]
+    assert json.loads(reply, parse_constant=lambda name: pytest.fail(f"{name} in the reply")) == PARSE_ERROR
+
+
+@pytest.mark.parametrize("method, params", [
+    ("session.login", {"agentId": "1001", "password": "pw", "extension": "71001"}),
+    ("session.resume", {"resumeToken": "t", "lastSeq": 0}),
+    ("rpc.discover", {}),
+])
+def test_sign_ins_and_the_document_are_refused_inside_a_batch(ctx, method, params):
+    batch = [{"jsonrpc": "2.0", "method": method, "params": params, "id": n} for n in range(5)]
+    reply = answer(ctx, [*batch, {**PING, "id": "p"}])  # bridge.sign_in and resume would raise AssertionError
+    assert reply[:5] == [error(-32602, f"{method} must be sent on its own, not in a batch", n) for n in range(5)]
+    assert reply[5] == {"jsonrpc": "2.0", "result": reply[5]["result"], "id": "p"}  # the rest of the batch runs
+    assert answer(ctx, [{"jsonrpc": "2.0", "method": method, "params": params}]) is None  # notifications: no reply
+
+
+@pytest.mark.parametrize("method, params", [
+    ("call.make", {"to": "5550100", "variables": {"callVariable1": "ok", "user.routing.priority": "1"}}),
+    ("call.updateVariables", {"callId": "1", "variables": {"user.routing.priority": "1"}}),
+])
+def test_variables_outside_the_allow_list_are_not_allowed(ctx, method, params):
+    ctx.session = FakeSession()
+    ctx.session.call = lambda call_id: None
+    reply = answer(ctx, {"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+    assert reply == {"jsonrpc": "2.0", "id": 1, "error": {
+        "code": 4003, "message": "Call variable user.routing.priority is not writable (WRITABLE_VARIABLES)",
+        "data": {"variable": "user.routing.priority"}}}
+    assert ctx.session.backend.rest.calls == []
 
 
 @pytest.mark.parametrize("method, params, message", [
@@ -499,8 +568,24 @@ def test_login_replaces_an_earlier_session_on_the_socket(ctx):
     ctx.bridge.registry = type("Registry", (), {"by_token": staticmethod(lambda token: new)})()
     params = {"agentId": "1001", "password": "pw", "extension": "71001"}
     reply = answer(ctx, {"jsonrpc": "2.0", "method": "session.login", "params": params, "id": 1})
-    assert reply["result"]["resumeToken"] == "tok" and seen == params
+    assert reply["result"]["resumeToken"] == "tok" and seen == {**params, "address": "127.0.0.1"}
     assert old.detached == [ctx] and ctx.session is new
+
+
+@pytest.mark.parametrize("method, params", [
+    ("session.login", {"agentId": "1002", "password": "wrong", "extension": "71002"}),
+    ("session.resume", {"resumeToken": "expired", "lastSeq": 0}),
+])
+def test_a_refused_sign_in_or_resume_leaves_the_socket_on_its_session(ctx, method, params):
+    old = FakeSession()
+    ctx.session = old
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise (BadCredentials() if method == "session.login" else NotSignedIn("Session expired; sign in again"))
+    ctx.bridge.sign_in = ctx.bridge.resume = refuse
+    reply = answer(ctx, {"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+    assert reply["error"]["code"] in (4010, 4001)
+    assert old.detached == [] and ctx.session is old  # still attached: its events still reach this socket
 
 
 def test_rpc_discover_is_the_document(ctx):

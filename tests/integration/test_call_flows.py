@@ -66,6 +66,10 @@ def test_make_call_to_an_outside_number_answered_then_ended(stack):
     assert client.call("call.list") == []
 
 
+CRM_WRITES = [f"callVariable{n}" for n in range(1, 11)] + ["user.crm.*"]
+
+
+@pytest.mark.bridge(WRITABLE_VARIABLES=CRM_WRITES)
 def test_make_call_with_variables_reaches_finesse(stack):
     client = stack.agent("1001")
     variables = {"callVariable1": "ACCT-1001", "user.crm.caseid": "C-42"}
@@ -213,6 +217,22 @@ def test_send_digits_and_bad_digits(stack):
     assert _dialog(stack, call_id)["dtmf"] == ["1234#", "*9"]
 
 
+def test_variables_the_routing_scripts_own_are_not_writable_by_default(stack):
+    client = stack.agent("1001", ready=True)
+    with pytest.raises(RpcError) as refused:
+        client.call("call.make", to="4155550123", variables={"callVariable1": "ok", "user.crm.caseid": "C-42"})
+    assert (refused.value.code, refused.value.data) == (4003, {"variable": "user.crm.caseid"})
+    assert "user.crm.caseid" in refused.value.message
+    assert stack.sim_state()["dialogs"] == []  # nothing reached Finesse
+    call_id = _answered_customer_call(stack, client, "1001", variables={"user.crm.caseid": "C-7"})
+    with pytest.raises(RpcError) as refused:
+        client.call("call.updateVariables", callId=call_id, variables={"callVariable1": "x", "user.crm.caseid": "C-8"})
+    assert refused.value.code == 4003
+    variables = _dialog(stack, call_id)["variables"]
+    assert variables["user.crm.caseid"] == "C-7" and variables.get("callVariable1", "") == ""  # none of it written
+
+
+@pytest.mark.bridge(WRITABLE_VARIABLES=CRM_WRITES)
 def test_update_variables_and_a_bad_name(stack):
     client = stack.agent("1001", ready=True)
     call_id = _answered_customer_call(stack, client, "1001", variables={"callVariable1": "old"})

@@ -430,6 +430,7 @@ def assert_not_logged(caplog: pytest.LogCaptureFixture, *secrets: str) -> None:
 
 
 @pytest.mark.sim(password=SECRET)
+@pytest.mark.bridge(SIGNIN_BACKOFF_SECONDS=0.0)  # the right password at once after a wrong one
 def test_credentials_never_logged_nor_echoed(stack, caplog):
     for name in LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
