@@ -54,7 +54,8 @@ _DDL = [
 def _upgrade(tx: Tx) -> None:
     """A table from before ``started_at`` (unique on agent and call id alone) gets the column,
     filled from each record's ``startedAt``, and the new unique key; every row is kept."""
-    if "started_at" in table_columns(tx, "call_records") or not table_columns(tx, "call_records"):
+    columns = table_columns(tx, "call_records")
+    if not columns or "started_at" in columns:
         return
     if tx.dialect == "sqlite":  # SQLite cannot drop a table's UNIQUE: a new table, the rows copied over
         tx.execute(_TABLE.format(name="call_records_new"))
