@@ -10,7 +10,7 @@ import uuid
 from dataclasses import replace
 from typing import Any, Callable, Iterable
 
-from .finesse.model import Call
+from .finesse.model import Call, normalise_time
 
 Notification = tuple[str, dict[str, Any]]
 
@@ -21,6 +21,15 @@ LIVE = ("ringing", "dialing", "active", "held", "failed")
 
 def iso_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def start_key(started_at: Any) -> str:
+    """A call's start as the second half of its identity: ISO 8601 UTC to the millisecond, or ""
+    when there is none. A Finesse dialog id is a CTI call id, which restarts with the CTI server or
+    peripheral and wraps over time (docs/records.md, "Exactly one per call"), so two calls may share
+    an id; with their start time they do not. Records, the webhook outbox and screen pops key on
+    (id, start)."""
+    return normalise_time(started_at) if isinstance(started_at, str) else ""
 
 
 def _seconds(start: str, end: str) -> float:
@@ -63,7 +72,9 @@ class CallTracker:
     def __init__(self, agent_id: str, extension: str, now: Callable[[], str] = iso_now) -> None:
         self.agent_id, self.extension, self.now = agent_id, extension, now
         self.calls: dict[str, Call] = {}
-        self._ended: dict[str, None] = {}  # ids already reported ended (bounded), to ignore late DELETEs
+        # Calls already reported ended (bounded): id -> startedAt, to ignore late updates of that
+        # call while a reused id (start_key) with another start is a new call.
+        self._ended: dict[str, str] = {}
 
     def as_json(self) -> list[dict[str, Any]]:
         return [c.to_json() for c in self.calls.values()]
@@ -78,7 +89,7 @@ class CallTracker:
             if old is None:
                 return []
             return self._end(self._merge(old, new), removed=True)
-        if new.id in self._ended and new.state not in ("ringing", "dialing"):
+        if new.state not in ("ringing", "dialing") and self._ended_already(new):
             return []
         old = self.calls.get(new.id)
         if old is None:
@@ -100,6 +111,20 @@ class CallTracker:
         if data != old.to_json():
             return [("call.updated", {"call": data})]
         return []
+
+    def _ended_already(self, new: Call) -> bool:
+        """Is ``new`` a late update of a call we reported ended? Same id and, when Finesse gives a
+        start, the same start; another start is another call under a reused id (``start_key``)."""
+        ended = self._ended.get(new.id)
+        return ended is not None and (not new.startedAt or start_key(new.startedAt) == start_key(ended))
+
+    def _replaced(self, old: Call, new: Call) -> bool:
+        """Is ``new`` another call than the tracked ``old`` under the same, reused id? Their starts
+        as this agent's participant differ. (Not the call's start, the earliest participant's: a
+        conference whose first party left moves it, and that is still the same call.)"""
+        before = next((p.startedAt for p in old.participants if p.address == self.extension), "")
+        now = next((p.startedAt for p in new.participants if p.address == self.extension), "")
+        return bool(before and now and start_key(before) != start_key(now))
 
     def _merge(self, old: Call | None, new: Call) -> Call:
         """Carry our own timestamps across updates; Finesse's document is otherwise the truth."""
@@ -124,9 +149,10 @@ class CallTracker:
         are the last ones we saw, not the ones at its end; they say nothing about a transfer.
         """
         self.calls.pop(call.id, None)
-        if call.id in self._ended:
+        if call.id in self._ended and start_key(self._ended[call.id]) == start_key(call.startedAt):
             return []
-        self._ended[call.id] = None
+        self._ended.pop(call.id, None)  # to the end: the oldest go first
+        self._ended[call.id] = call.startedAt
         while len(self._ended) > 1000:
             self._ended.pop(next(iter(self._ended)))
         others = [p for p in call.participants if p.address != self.extension and p.state in ("active", "held")]
@@ -145,6 +171,9 @@ class CallTracker:
         seen = set()
         for call in current:
             seen.add(call.id)
+            old = self.calls.get(call.id)
+            if old is not None and self._replaced(old, call):  # it ended unseen and its id came back
+                notes += self._end(old, removed=True, stale=True)
             notes += self.update(call, "PUT")
         for gone in [c for cid, c in self.calls.items() if cid not in seen]:
             notes += self._end(gone, removed=True, stale=True)

@@ -7,7 +7,8 @@ process lives. ``RecordWriter.write`` inserts the record and, in the same transa
 ``on_record(tx, record)`` hook (the webhook outbox), so a record and its webhooks commit together.
 
 A call has at most one record per agent: the table is unique on the record id and on
-(agentId, callId), so a re-sync, a second session or a restart never writes a call twice.
+(agentId, callId, startedAt), so a re-sync, a second session or a restart never writes a call
+twice, while a later call under a reused Finesse id (``calls.start_key``) gets its own record.
 ``list_records`` reads them newest first, by ``endedAt`` then id, with a keyset cursor.
 """
 from __future__ import annotations
@@ -25,8 +26,9 @@ import time
 from collections import deque
 from typing import Any, Callable, Mapping, Sequence
 
+from .calls import start_key
 from .profiles import FieldError, digits_of, number_param, tail_of
-from .store import Store, Tx, register_schema
+from .store import Store, Tx, drop_unique, register_schema, table_columns
 
 log = logging.getLogger("bridge.records")
 
@@ -34,16 +36,48 @@ RecordHook = Callable[[Tx, dict[str, Any]], None]
 MAX_LIMIT = 500
 
 # ended_at: endedAt in one UTC format, so text order is time order on both databases.
+# started_at: start_key(startedAt), "" if none: with call_id, the call (a Finesse id is reused).
+_COLUMNS = "id, agent_id, call_id, started_at, ended_at, from_tail, to_tail, body"
+_TABLE = """CREATE TABLE IF NOT EXISTS {name} (
+        id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, call_id TEXT NOT NULL, started_at TEXT NOT NULL DEFAULT '',
+        ended_at TEXT NOT NULL, from_tail TEXT NOT NULL, to_tail TEXT NOT NULL, body TEXT NOT NULL,
+        UNIQUE (agent_id, call_id, started_at))"""
 _DDL = [
-    """CREATE TABLE IF NOT EXISTS call_records (
-        id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, call_id TEXT NOT NULL, ended_at TEXT NOT NULL,
-        from_tail TEXT NOT NULL, to_tail TEXT NOT NULL, body TEXT NOT NULL, UNIQUE (agent_id, call_id))""",
+    _TABLE.format(name="call_records"),
     "CREATE INDEX IF NOT EXISTS call_records_ended ON call_records (ended_at, id)",
     "CREATE INDEX IF NOT EXISTS call_records_agent ON call_records (agent_id, ended_at, id)",
     "CREATE INDEX IF NOT EXISTS call_records_from ON call_records (from_tail)",
     "CREATE INDEX IF NOT EXISTS call_records_to ON call_records (to_tail)",
 ]
-register_schema("records", _DDL, _DDL)
+
+
+def _upgrade(tx: Tx) -> None:
+    """A table from before ``started_at`` (unique on agent and call id alone) gets the column,
+    filled from each record's ``startedAt``, and the new unique key; every row is kept."""
+    columns = table_columns(tx, "call_records")
+    if not columns or "started_at" in columns:
+        return
+    if tx.dialect == "sqlite":  # SQLite cannot drop a table's UNIQUE: a new table, the rows copied over
+        tx.execute(_TABLE.format(name="call_records_new"))
+        tx.execute(f"INSERT INTO call_records_new ({_COLUMNS}) SELECT id, agent_id, call_id, '', ended_at, "
+                   "from_tail, to_tail, body FROM call_records")
+        tx.execute("DROP TABLE call_records")  # its indexes go with it; _DDL makes them again
+        tx.execute("ALTER TABLE call_records_new RENAME TO call_records")
+    else:
+        tx.execute("ALTER TABLE call_records ADD COLUMN started_at TEXT NOT NULL DEFAULT ''")
+        drop_unique(tx, "call_records", "agent_id, call_id")
+        tx.execute("ALTER TABLE call_records ADD UNIQUE (agent_id, call_id, started_at)")
+    for row in tx.query("SELECT id, body FROM call_records"):
+        try:
+            started = start_key(json.loads(row["body"]).get("startedAt"))
+        except (ValueError, AttributeError):  # a body that is not a JSON object keeps ""
+            started = ""
+        if started:
+            tx.execute("UPDATE call_records SET started_at = ? WHERE id = ?", (started, row["id"]))
+    log.warning("call_records upgraded: unique on agent, call id and start time (a Finesse call id is reused)")
+
+
+register_schema("records", _DDL, _DDL, _upgrade)
 
 
 def utc_text(value: str) -> str:
@@ -62,14 +96,15 @@ def _ended_at(record: Mapping[str, Any]) -> str:
 
 
 class RecordWriter:
-    """Inserts records, at most one per (agentId, callId), and runs the hooks in that transaction."""
+    """Inserts records, at most one per (agentId, callId, startedAt), and runs the hooks in that transaction."""
 
     def __init__(self, store: Store, on_record: Sequence[RecordHook] = ()) -> None:
         self.store = store
         self.on_record = on_record  # read at each write: hooks added later (webhooks) take part
 
     def write(self, record: dict[str, Any]) -> bool:
-        """Store ``record``; False if this record or another for the same call was already there."""
+        """Store ``record``; False if this record or another for the same call (agent, call id and
+        start) was already there."""
         for key in ("id", "agentId", "callId"):
             if not isinstance(record.get(key), str) or not record[key]:
                 raise ValueError(f"record {key}: expected a non-empty string")
@@ -77,12 +112,13 @@ class RecordWriter:
         from_tail, to_tail = (tail_of(digits_of(str(record.get(side) or ""))) for side in ("from", "to"))
         with self.store.transaction() as tx:
             inserted = tx.one(
-                "INSERT INTO call_records (id, agent_id, call_id, ended_at, from_tail, to_tail, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-                (record["id"], record["agentId"], record["callId"], _ended_at(record), from_tail, to_tail, body))
+                f"INSERT INTO call_records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING RETURNING id",
+                (record["id"], record["agentId"], record["callId"], start_key(record.get("startedAt")),
+                 _ended_at(record), from_tail, to_tail, body))
             if inserted is None:
-                log.info("agent %s call %s: a record is stored already; %s not written",
-                         record["agentId"], record["callId"], record["id"])
+                log.info("agent %s call %s started %s: a record is stored already; %s not written",
+                         record["agentId"], record["callId"], record.get("startedAt") or "(unknown)", record["id"])
                 return False
             for hook in list(self.on_record):
                 hook(tx, record)

@@ -232,7 +232,10 @@ class AgentSession:
         trigger = POP_TRIGGERS.get(method)
         if trigger is None or self._screenpop is None:
             return
-        key = (str(params["call"]["id"]), trigger)
+        # The call is its id and its start (the tracker keeps one start per call): Finesse reuses
+        # ids (calls.start_key, docs/screenpop.md), and a later call under a popped id pops again.
+        call = params["call"]
+        key = (f"{call['id']}@{call.get('startedAt') or ''}", trigger)
         if key in self._popped:
             return
         agent = {**self.agent.to_json(), "extension": self.extension}

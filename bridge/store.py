@@ -9,7 +9,10 @@ placeholders (or ``:name`` with a mapping) whatever the database::
         rows = tx.query("SELECT a FROM t")
 
 Nothing connects when a ``Store`` is made: the first transaction opens a connection and creates the
-registered tables that are missing (``migrate``), as the XMPP hub starts on first use.
+registered tables that are missing (``migrate``), as the XMPP hub starts on first use. A schema
+whose tables changed since earlier releases registers an ``upgrade(tx)`` too: ``migrate`` runs it
+before that schema's DDL, in the same transaction, so a database made by an older bridge is
+brought up to date in place, every row kept, or not at all.
 
 Durability: SQLite runs in WAL mode with ``synchronous=FULL``, so a committed record is on disk
 (the WAL is fsynced at each commit) and survives a kill -9 of the bridge and a power cut alike.
@@ -31,6 +34,7 @@ from urllib.parse import urlsplit
 log = logging.getLogger("bridge.store")
 
 Params = Sequence[Any] | Mapping[str, Any]
+Upgrade = Callable[["Tx"], None]
 DIALECTS = ("sqlite", "postgresql")
 MAX_IDLE = 8  # idle connections kept for reuse; more may be open while busy
 
@@ -44,25 +48,52 @@ class _Schemas:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ddl: dict[str, tuple[list[str], list[str]]] = {}
+        self._ddl: dict[str, tuple[list[str], list[str], Upgrade | None]] = {}
         self.version = 0
 
-    def register(self, name: str, sqlite_ddl: list[str], postgres_ddl: list[str]) -> None:
+    def register(self, name: str, sqlite_ddl: list[str], postgres_ddl: list[str], upgrade: Upgrade | None) -> None:
         with self._lock:
-            self._ddl[name] = (list(sqlite_ddl), list(postgres_ddl))
+            self._ddl[name] = (list(sqlite_ddl), list(postgres_ddl), upgrade)
             self.version += 1
 
-    def snapshot(self) -> tuple[int, list[tuple[str, list[str], list[str]]]]:
+    def snapshot(self) -> tuple[int, list[tuple[str, list[str], list[str], Upgrade | None]]]:
         with self._lock:
-            return self.version, [(name, s, p) for name, (s, p) in self._ddl.items()]
+            return self.version, [(name, s, p, u) for name, (s, p, u) in self._ddl.items()]
 
 
 _schemas = _Schemas()
 
 
-def register_schema(name: str, sqlite_ddl: list[str], postgres_ddl: list[str]) -> None:
-    """Register a module's DDL (``CREATE ... IF NOT EXISTS`` statements), one list per dialect."""
-    _schemas.register(name, sqlite_ddl, postgres_ddl)
+def register_schema(name: str, sqlite_ddl: list[str], postgres_ddl: list[str],
+                    upgrade: Upgrade | None = None) -> None:
+    """Register a module's DDL (``CREATE ... IF NOT EXISTS`` statements), one list per dialect.
+
+    ``upgrade(tx)``, if given, runs first at every ``migrate``, in its transaction (``tx.dialect``
+    says which database): it changes tables an older release created and must do nothing when
+    they are missing (a new database) or already up to date.
+    """
+    _schemas.register(name, sqlite_ddl, postgres_ddl, upgrade)
+
+
+def table_columns(tx: Tx, table: str) -> list[str]:
+    """The column names of ``table`` as this connection sees it (PostgreSQL: on the search path);
+    [] if there is no such table. For ``upgrade`` steps."""
+    if tx.dialect == "sqlite":
+        return [row["name"] for row in tx.query("SELECT name FROM pragma_table_info(?)", (table,))]
+    return [row["attname"] for row in tx.query(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(?) AND attnum > 0 AND NOT attisdropped "
+        "ORDER BY attnum", (table,))]
+
+
+def drop_unique(tx: Tx, table: str, columns: str) -> None:
+    """PostgreSQL: drop ``table``'s UNIQUE constraint on exactly ``columns`` ("a, b"), whatever
+    its name; nothing if there is none. (SQLite cannot: an ``upgrade`` copies the table instead.)"""
+    if tx.dialect == "sqlite":
+        raise ValueError("SQLite cannot drop a UNIQUE constraint; copy the table")
+    for row in tx.query("SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(?) AND contype = 'u' "
+                        "AND pg_get_constraintdef(oid) = ?", (table, f"UNIQUE ({columns})")):
+        name = str(row["conname"]).replace('"', '""')
+        tx.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
 
 
 @lru_cache(maxsize=512)
@@ -312,7 +343,8 @@ class Store:
         return conn
 
     def migrate(self) -> None:
-        """Create the registered tables and indexes that are missing (idempotent)."""
+        """Upgrade tables older releases made, then create the registered tables and indexes that
+        are missing; one transaction, idempotent."""
         with self._migrate_lock:
             version, schemas = _schemas.snapshot()
             if version == self._migrated:
@@ -320,11 +352,13 @@ class Store:
             with self._transaction() as tx:
                 if self.dialect == "postgresql":  # two bridges starting together: one migrates at a time
                     tx.execute("SELECT pg_advisory_xact_lock(7426001)")
-                for name, sqlite_ddl, postgres_ddl in schemas:
+                for name, sqlite_ddl, postgres_ddl, upgrade in schemas:
+                    if upgrade is not None:
+                        upgrade(tx)
                     for statement in sqlite_ddl if self.dialect == "sqlite" else postgres_ddl:
                         tx.execute(statement)
             self._migrated = version
-            log.info("database %r ready: %s", self, ", ".join(name for name, _, _ in schemas) or "no tables")
+            log.info("database %r ready: %s", self, ", ".join(name for name, *_ in schemas) or "no tables")
 
     def close(self) -> None:
         """Close every idle connection; a connection in use closes when its transaction ends."""

@@ -39,7 +39,8 @@ from requests.adapters import HTTPAdapter
 from .config import ConfigError
 from .screenpop import _TOKEN, Template, Unbuildable, form_template, lookup, url_template
 from .screenpop import _field as _call_field
-from .store import Store, Tx, register_schema
+from .calls import start_key
+from .store import Store, Tx, drop_unique, register_schema, table_columns
 
 log = logging.getLogger("bridge.webhooks")
 
@@ -55,28 +56,60 @@ _SETTINGS = {"endpoints": [], "allow_hosts": [], "max_age_hours": 24.0, "retry_b
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 USER_AGENT = "cti-bridge-webhooks/1"
 
-register_schema("outbox", [
-    """CREATE TABLE IF NOT EXISTS outbox (
+# started_at: the call's start (calls.start_key; "" if none). With call_id it names the call: a
+# Finesse id is reused, and a later call under it must get its own rows (docs/webhooks.md).
+_OUTBOX = {"sqlite": """CREATE TABLE IF NOT EXISTS {name} (
         id INTEGER PRIMARY KEY AUTOINCREMENT, endpoint TEXT NOT NULL, event TEXT NOT NULL,
         call_id TEXT NOT NULL, agent_id TEXT NOT NULL DEFAULT '', idempotency_key TEXT NOT NULL UNIQUE,
         url TEXT NOT NULL, method TEXT NOT NULL, headers TEXT NOT NULL, body TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, created_at REAL NOT NULL,
         delivered_at REAL, last_error TEXT, state TEXT NOT NULL DEFAULT 'pending',
-        claimed_until REAL, claimed_by TEXT, UNIQUE (endpoint, event, call_id, agent_id))""",
-    "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at)",
-    "CREATE INDEX IF NOT EXISTS outbox_claim ON outbox (claimed_by)",
-], [
-    """CREATE TABLE IF NOT EXISTS outbox (
+        claimed_until REAL, claimed_by TEXT, started_at TEXT NOT NULL DEFAULT '',
+        UNIQUE (endpoint, event, call_id, agent_id, started_at))""",
+           "postgresql": """CREATE TABLE IF NOT EXISTS {name} (
         id BIGSERIAL PRIMARY KEY, endpoint TEXT NOT NULL, event TEXT NOT NULL,
         call_id TEXT NOT NULL, agent_id TEXT NOT NULL DEFAULT '', idempotency_key TEXT NOT NULL UNIQUE,
         url TEXT NOT NULL, method TEXT NOT NULL, headers TEXT NOT NULL, body TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at DOUBLE PRECISION NOT NULL,
         created_at DOUBLE PRECISION NOT NULL, delivered_at DOUBLE PRECISION, last_error TEXT,
         state TEXT NOT NULL DEFAULT 'pending', claimed_until DOUBLE PRECISION, claimed_by TEXT,
-        UNIQUE (endpoint, event, call_id, agent_id))""",
-    "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at)",
-    "CREATE INDEX IF NOT EXISTS outbox_claim ON outbox (claimed_by)",
-])
+        started_at TEXT NOT NULL DEFAULT '', UNIQUE (endpoint, event, call_id, agent_id, started_at))"""}
+_INDEXES = ["CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at)",
+            "CREATE INDEX IF NOT EXISTS outbox_claim ON outbox (claimed_by)"]
+_OLD_COLUMNS = ("id, endpoint, event, call_id, agent_id, idempotency_key, url, method, headers, body, attempts, "
+                "next_attempt_at, created_at, delivered_at, last_error, state, claimed_until, claimed_by")
+
+
+def _upgrade(tx: Tx) -> None:
+    """An outbox from before ``started_at`` (unique on endpoint, event, call id and agent) gets the
+    column and the new unique key; every row is kept, with its id. The start is read back from the
+    rows whose body is the default JSON event; other rows keep ""."""
+    columns = table_columns(tx, "outbox")
+    if not columns or "started_at" in columns:
+        return
+    if tx.dialect == "sqlite":  # SQLite cannot drop a table's UNIQUE: a new table, the rows copied over
+        tx.execute(_OUTBOX["sqlite"].format(name="outbox_new"))
+        tx.execute(f"INSERT INTO outbox_new ({_OLD_COLUMNS}) SELECT {_OLD_COLUMNS} FROM outbox")
+        tx.execute("DROP TABLE outbox")  # its indexes go with it; the DDL makes them again
+        tx.execute("ALTER TABLE outbox_new RENAME TO outbox")
+    else:
+        tx.execute("ALTER TABLE outbox ADD COLUMN started_at TEXT NOT NULL DEFAULT ''")
+        drop_unique(tx, "outbox", "endpoint, event, call_id, agent_id")
+        tx.execute("ALTER TABLE outbox ADD UNIQUE (endpoint, event, call_id, agent_id, started_at)")
+    for row in tx.query("SELECT id, body FROM outbox"):
+        try:
+            data = json.loads(row["body"])["data"]
+            started = start_key((data.get("call") or data.get("record") or {}).get("startedAt"))
+        except (ValueError, TypeError, KeyError, AttributeError):  # a template's body: no start to read
+            started = ""
+        if started:
+            tx.execute("UPDATE outbox SET started_at = ? WHERE id = ?", (started, row["id"]))
+    log.warning("outbox upgraded: unique on endpoint, event, call id, agent and start time "
+                "(a Finesse call id is reused)")
+
+
+register_schema("outbox", [_OUTBOX["sqlite"].format(name="outbox"), *_INDEXES],
+                [_OUTBOX["postgresql"].format(name="outbox"), *_INDEXES], _upgrade)
 
 Resolver = Callable[..., list[tuple[Any, ...]]]
 
@@ -387,23 +420,27 @@ class Webhooks:
             content_type = "application/json" if endpoint.body == "json" else "application/x-www-form-urlencoded"
             headers = json.dumps({"Content-Type": content_type, "User-Agent": USER_AGENT})
             rows.append((endpoint.name, event, str(call.get("id") or ""), str(agent.get("id") or ""),
-                         f"msg_{uuid.uuid4().hex}", url, endpoint.method, headers, body, now, now, state, error))
+                         start_key(call.get("startedAt")), f"msg_{uuid.uuid4().hex}", url, endpoint.method,
+                         headers, body, now, now, state, error))
         return rows
 
     @staticmethod
     def insert(tx: Tx, rows: list[tuple[Any, ...]]) -> None:
-        """Insert rows; one that exists for (endpoint, event, call, agent) is left alone: never two."""
+        """Insert rows; one that exists for (endpoint, event, call, agent) is left alone: never two.
+        The call is its id and its start: a reused id with another start is another call."""
         for row in rows:
-            tx.execute("INSERT INTO outbox (endpoint, event, call_id, agent_id, idempotency_key, url, method, headers,"
-                       " body, next_attempt_at, created_at, state, last_error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                       " ON CONFLICT (endpoint, event, call_id, agent_id) DO NOTHING", row)
+            tx.execute("INSERT INTO outbox (endpoint, event, call_id, agent_id, started_at, idempotency_key, url,"
+                       " method, headers, body, next_attempt_at, created_at, state, last_error)"
+                       " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                       " ON CONFLICT (endpoint, event, call_id, agent_id, started_at) DO NOTHING", row)
 
     def enqueue_for_record(self, tx: Tx, record: Mapping[str, Any]) -> None:
         """The record hook: the ``record`` event's rows, in the transaction that writes the record."""
         if "record" not in self.events:
             return
         call = {"id": record.get("callId"), "direction": record.get("direction"), "from": record.get("from"),
-                "to": record.get("to"), "variables": record.get("variables") or {}}
+                "to": record.get("to"), "startedAt": record.get("startedAt"),
+                "variables": record.get("variables") or {}}
         self.insert(tx, self.rows("record", call, {"id": record.get("agentId")}, record))
 
     def enqueue_event(self, store: Store, event: str, call: Mapping[str, Any], agent: Mapping[str, Any],

@@ -171,8 +171,17 @@ class CallCenter(Finesse):
         if target and target != agent.state:
             self.set_state(agent, target, -1, request_id)
 
+    def set_next_dialog_id(self, value: int) -> None:
+        """The id the next dialog gets, counting on from there: Finesse's dialog ids are CTI call ids,
+        which start again when the CTI server or peripheral restarts and wrap over time."""
+        if not 1 <= value <= 2**31 - 1:
+            raise ControlError(400, "next: must be a whole number from 1 to 2147483647")
+        self._ids = itertools.count(value)
+
     def _new_dialog(self, **fields: object) -> Dialog:
         dialog_id = str(next(self._ids))
+        while dialog_id in self.dialogs:  # a live call keeps its id: a reused id is a free one
+            dialog_id = str(next(self._ids))
         dialog = Dialog(id=dialog_id, created=self.now(), **fields)  # type: ignore[arg-type]
         if not self.uccx:
             dialog.call_key = (str(int(dialog_id) % 100000), "1", "153021")

@@ -75,6 +75,14 @@ def control_routes(app: web.Application, simulator: "Simulator") -> None:
     async def answer(request: web.Request) -> web.Response:
         return web.json_response(sim().far_end_answer(request.match_info["id"]).as_json())
 
+    async def dialog_ids(request: web.Request) -> web.Response:
+        data = await _json(request)
+        value = data.get("next")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ControlError(400, "next: must be a whole number, the id of the next dialog")
+        sim().set_next_dialog_id(value)
+        return web.json_response({"next": str(value)})
+
     async def node(request: web.Request) -> web.Response:
         target = simulator.node(request.match_info["name"])
         if target is None:
@@ -110,6 +118,7 @@ def control_routes(app: web.Application, simulator: "Simulator") -> None:
     sub.router.add_post("/api/calls", ring)
     sub.router.add_post("/api/calls/{id}/hangup", hangup)
     sub.router.add_post("/api/calls/{id}/answer", answer)
+    sub.router.add_post("/api/dialog-ids", dialog_ids)
     sub.router.add_post("/api/nodes/{name}", node)
     sub.router.add_get("/api/state", state)
     sub.router.add_get("/api/tls", certificate)

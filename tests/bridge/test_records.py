@@ -21,6 +21,7 @@ from bridge.profiles import FieldError
 from bridge.records import RecordQueue, RecordWriter, list_records
 from bridge.sessions import AgentSession
 from bridge.store import Store, Tx
+from tests.bridge.conftest import Legacy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,6 +54,21 @@ def test_a_record_is_stored_once_and_reads_back_equal(store: Store) -> None:
     assert sorted(items, key=lambda r: r["agentId"]) == [first, {**first, "id": "r-other-agent", "agentId": "1002"}]
 
 
+def test_a_reused_call_id_with_another_start_is_another_record_and_a_replay_is_not(store: Store) -> None:
+    # Finesse's dialog ids are CTI call ids: they start again when the CTI server restarts.
+    hooked: list[str] = []
+    writer = RecordWriter(store, [lambda tx, rec: hooked.append(rec["id"])])
+    first = record(1, callId="16777217", startedAt="2025-03-01T09:00:00.000Z", ended="2025-03-01T09:05:00.000Z")
+    later = record(2, callId="16777217", startedAt="2025-03-01T11:00:00.000Z", ended="2025-03-01T11:05:00.000Z",
+                   **{"from": "4155550199"})
+    assert writer.write(first) is True
+    assert writer.write(later) is True  # the first call after the restart: stored, and its webhooks queued
+    assert writer.write({**later, "id": "replayed"}) is False  # the same call again (a re-sync, a restart)
+    assert writer.write({**first, "id": "same-start", "startedAt": "2025-03-01T10:00:00+01:00"}) is False  # same instant
+    assert [r["id"] for r in list_records(store)[0]] == ["r002", "r001"]
+    assert hooked == ["r001", "r002"]
+
+
 def test_hooks_run_in_the_records_transaction_and_only_for_a_new_record(store: Store) -> None:
     seen: list[tuple[str, str]] = []
     hooks: list[Any] = []
@@ -83,6 +99,41 @@ def test_a_failing_hook_rolls_the_record_back(store: Store) -> None:
 def test_a_record_without_its_keys_is_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="callId"):
         RecordWriter(store).write({**record(1), "callId": ""})
+
+
+# -- a database from before the start time was part of a call's identity ---------------------------
+
+OLD_RECORDS = [
+    """CREATE TABLE call_records (
+        id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, call_id TEXT NOT NULL, ended_at TEXT NOT NULL,
+        from_tail TEXT NOT NULL, to_tail TEXT NOT NULL, body TEXT NOT NULL, UNIQUE (agent_id, call_id))""",
+    "CREATE INDEX call_records_ended ON call_records (ended_at, id)",
+    "CREATE INDEX call_records_agent ON call_records (agent_id, ended_at, id)",
+]
+
+
+def test_an_older_records_table_is_upgraded_in_place_keeping_every_row(legacy: Legacy) -> None:
+    for statement in OLD_RECORDS:
+        legacy.run(statement)
+    old = [record(1, callId="16777217", startedAt="2025-03-01T09:00:00.000Z"),
+           record(2, callId="16777218", startedAt="")]  # a record without a start keeps ""
+    for rec in old:
+        legacy.run("INSERT INTO call_records (id, agent_id, call_id, ended_at, from_tail, to_tail, body) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (rec["id"], rec["agentId"], rec["callId"],
+                                                    "2025-03-01T10:00:00.000000Z", "4155550100", "71001",
+                                                    json.dumps(rec, separators=(",", ":"), sort_keys=True)))
+    store = Store.from_url(legacy.url)  # the new bridge starts on it
+    writer = RecordWriter(store)
+    later = record(3, callId="16777217", startedAt="2025-03-01T11:00:00.000Z", ended="2025-03-01T11:05:00.000Z")
+    assert writer.write(later) is True  # the old table's UNIQUE (agent_id, call_id) would refuse it
+    assert writer.write({**old[0], "id": "replayed"}) is False  # the old row's start was read from its body
+    assert writer.write({**old[1], "id": "replayed-2"}) is False
+    assert list_records(store)[0] == [later, old[1], old[0]]  # every old row, unchanged
+    assert list_records(store, number="4155550100")[0] == [later, old[1], old[0]]  # the indexes are there
+    store.close()
+    again = Store.from_url(legacy.url)  # the next start finds it up to date: nothing to do
+    assert [r["id"] for r in list_records(again)[0]] == ["r003", "r002", "r001"]
+    again.close()
 
 
 # -- reading ---------------------------------------------------------------------------------------

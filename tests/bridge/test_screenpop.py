@@ -358,11 +358,12 @@ def test_a_session_pops_once_per_call_and_trigger() -> None:
                            grace_seconds=5.0, on_expire=lambda _: None, screenpop=screenpop.pop)
     socket = FakeSocket()
     session.attach(socket)
-    ringing = Call(id="D1", state="ringing", ani="4155550100", from_="4155550100", to="71001")
+    ringing = Call(id="D1", state="ringing", ani="4155550100", from_="4155550100", to="71001",
+                   startedAt="2025-03-01T09:59:00.000Z")
     session.resync(agent, [ringing])
     session.resync(agent, [ringing])  # a re-sync after a reconnect: nothing new
     session.resync(agent, [])  # the call ended meanwhile
-    session.resync(agent, [ringing])  # the same dialog rings again (transferred back): no second pop
+    session.resync(agent, [ringing])  # the same call rings again (transferred back, same start): no second pop
     session.resync(agent, [])
     methods = [(m["method"], m["params"].get("url")) for m in socket.sent]
     assert methods == [
@@ -370,6 +371,27 @@ def test_a_session_pops_once_per_call_and_trigger() -> None:
         ("call.ended", None), ("call.screenPop", "https://crm.example.com/wrap/D1"),
         ("call.ringing", None), ("call.ended", None)]
     assert [m["params"]["seq"] for m in socket.sent] == list(range(1, 7))
+
+
+def test_a_reused_call_id_with_another_start_pops_again() -> None:
+    # Finesse's dialog ids are CTI call ids: after a CTI server restart a new call may get the id
+    # of one this session popped already. It is another call and gets its own pops.
+    screenpop = ScreenPop(rules(rule(name="Ring", url="https://crm.example.com/c/{ani}")))
+    agent = Agent(id="1001", extension="71001", state="READY")
+    session = AgentSession(agent, password_check=lambda _: True, replay_events=100, replay_seconds=60.0,
+                           grace_seconds=5.0, on_expire=lambda _: None, screenpop=screenpop.pop)
+    socket = FakeSocket()
+    session.attach(socket)
+    first = Call(id="16777217", state="ringing", ani="4155550100", from_="4155550100", to="71001",
+                 startedAt="2025-03-01T09:00:00.000Z")
+    session.resync(agent, [first])
+    session.resync(agent, [])
+    reused = Call(id="16777217", state="ringing", ani="4155550199", from_="4155550199", to="71001",
+                  startedAt="2025-03-01T11:00:00.000Z")
+    session.resync(agent, [reused])
+    session.resync(agent, [reused])  # and a re-sync of that live call: still one pop for it
+    pops = [m["params"]["url"] for m in socket.sent if m["method"] == "call.screenPop"]
+    assert pops == ["https://crm.example.com/c/4155550100", "https://crm.example.com/c/4155550199"]
 
 
 def test_a_failing_rule_never_costs_the_call_event(caplog: pytest.LogCaptureFixture) -> None:

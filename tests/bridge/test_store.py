@@ -10,7 +10,7 @@ import pytest
 
 from bridge import config as bridge_config
 from bridge import store as store_module
-from bridge.store import Store, StoreError
+from bridge.store import Store, StoreError, Tx, table_columns
 
 NODES = [{"url": "http://127.0.0.1:9"}]
 TABLE = ["CREATE TABLE IF NOT EXISTS things (id TEXT PRIMARY KEY, n INTEGER NOT NULL, note TEXT)"]
@@ -113,6 +113,42 @@ def test_migrate_is_idempotent_and_picks_up_schemas_registered_later(store: Stor
         tx.execute("INSERT INTO later (id) VALUES (?)", ("x",))
         assert tx.one("SELECT n FROM things WHERE id = ?", ("a",)) == {"n": 1}
     store.migrate()
+
+
+TABLE_V2 = ["CREATE TABLE IF NOT EXISTS things (id TEXT PRIMARY KEY, n INTEGER NOT NULL, note TEXT, "
+            "tag TEXT NOT NULL DEFAULT 'new')", "CREATE INDEX IF NOT EXISTS things_tag ON things (tag)"]
+
+
+def _add_tag(tx: Tx) -> None:
+    if "tag" not in table_columns(tx, "things"):
+        tx.execute("ALTER TABLE things ADD COLUMN tag TEXT NOT NULL DEFAULT 'old'")
+
+
+def test_an_upgrade_changes_an_older_table_before_the_ddl_and_keeps_its_rows(store: Store) -> None:
+    with store.transaction() as tx:  # the table as the older release made it, with a row
+        tx.execute("INSERT INTO things (id, n) VALUES ('a', 1)")
+    store_module.register_schema("things", TABLE_V2, TABLE_V2, _add_tag)  # the new release
+    with store.transaction() as tx:  # the index on the new column needs the upgrade to have run first
+        assert tx.query("SELECT id, n, tag FROM things") == [{"id": "a", "n": 1, "tag": "old"}]
+        tx.execute("INSERT INTO things (id, n) VALUES ('b', 2)")
+    store.migrate()
+    with store.transaction() as tx:
+        assert [r["tag"] for r in tx.query("SELECT tag FROM things ORDER BY id")] == ["old", "old"]
+
+
+def test_a_failing_upgrade_changes_nothing_and_is_tried_again(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO things (id, n) VALUES ('a', 1)")
+
+    def half_done(tx: Tx) -> None:
+        _add_tag(tx)
+        raise RuntimeError("upgrade stopped half way")
+    store_module.register_schema("things", TABLE_V2, TABLE_V2, half_done)
+    with pytest.raises(RuntimeError, match="half way"):
+        store.migrate()
+    store_module.register_schema("things", TABLE_V2, TABLE_V2, _add_tag)
+    with store.transaction() as tx:
+        assert tx.query("SELECT id, tag FROM things") == [{"id": "a", "tag": "old"}]  # not 'new': rolled back
 
 
 def test_concurrent_writers_lose_no_update(store: Store) -> None:

@@ -22,6 +22,7 @@ import pytest
 from bridge.config import ConfigError
 from bridge.store import Store
 from bridge.webhooks import (Refused, WebhookWorker, backoff, check_destination, parse, secret_key, sign)
+from tests.bridge.conftest import Legacy
 from tests.webhook_receiver import Receiver, verify
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -285,6 +286,29 @@ def test_one_row_per_endpoint_event_call_and_agent(make_worker, store):
     assert len({r["idempotency_key"] for r in rows(store)}) == 6
 
 
+def test_a_reused_call_id_with_another_start_gets_its_own_webhooks_and_a_replay_does_not(make_worker, store, receiver):
+    # Finesse's dialog ids are CTI call ids: after a CTI server restart a new call may reuse one.
+    worker = make_worker(endpoint(receiver.url("/calls/{id}"), events=["ringing", "answered", "ended", "record"]))
+    first = {**CALL, "startedAt": "2025-03-01T09:00:00.000Z"}
+    later = {**CALL, "startedAt": "2025-03-01T11:00:00.000Z", "from": "4155550199", "ani": "4155550199"}
+    for call in (first, later, first, later):  # each call, then a replay of each (a re-sync, a restart)
+        record = {**RECORD, "id": f"rec-{call['from']}", "startedAt": call["startedAt"], "from": call["from"]}
+        for event in ("ringing", "answered", "ended"):
+            worker.webhooks.enqueue_event(store, event, call, AGENT, record if event == "ended" else None)
+        with store.transaction() as tx:
+            worker.enqueue_for_record(tx, record)
+    assert len(rows(store)) == 8
+    while worker.run_once():
+        pass
+    got = receiver.wait_for(8)
+    assert len(got) == 8 and all(r["state"] == "delivered" for r in rows(store))
+    sent = sorted((json.loads(r.body)["type"], (json.loads(r.body)["data"].get("call") or
+                                                json.loads(r.body)["data"]["record"])["from"]) for r in got)
+    assert sent == sorted((kind, number) for kind in ("call.ringing", "call.answered", "call.ended", "record.created")
+                          for number in ("4155550100", "4155550199"))
+    assert {r.path for r in got} == {"/calls/16777321"}
+
+
 def test_events_no_endpoint_wants_write_nothing(make_worker, store):
     worker = make_worker(endpoint("https://crm.example.com/hook", events=["record"]))
     worker.on_call("call.ringing", {"call": CALL}, AGENT)
@@ -298,6 +322,64 @@ def test_a_value_that_cannot_be_a_path_segment_leaves_a_dead_row(make_worker, st
     ring(worker, {**CALL, "ani": ".."})
     [row] = rows(store)
     assert row["state"] == "dead" and row["last_error"].startswith("url:")
+
+
+# -- an outbox from before the start time was part of a call's identity -----------------------------
+
+OLD_OUTBOX = {"sqlite": """CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, endpoint TEXT NOT NULL, event TEXT NOT NULL,
+        call_id TEXT NOT NULL, agent_id TEXT NOT NULL DEFAULT '', idempotency_key TEXT NOT NULL UNIQUE,
+        url TEXT NOT NULL, method TEXT NOT NULL, headers TEXT NOT NULL, body TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, created_at REAL NOT NULL,
+        delivered_at REAL, last_error TEXT, state TEXT NOT NULL DEFAULT 'pending',
+        claimed_until REAL, claimed_by TEXT, UNIQUE (endpoint, event, call_id, agent_id))""",
+              "postgresql": """CREATE TABLE outbox (
+        id BIGSERIAL PRIMARY KEY, endpoint TEXT NOT NULL, event TEXT NOT NULL,
+        call_id TEXT NOT NULL, agent_id TEXT NOT NULL DEFAULT '', idempotency_key TEXT NOT NULL UNIQUE,
+        url TEXT NOT NULL, method TEXT NOT NULL, headers TEXT NOT NULL, body TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at DOUBLE PRECISION NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL, delivered_at DOUBLE PRECISION, last_error TEXT,
+        state TEXT NOT NULL DEFAULT 'pending', claimed_until DOUBLE PRECISION, claimed_by TEXT,
+        UNIQUE (endpoint, event, call_id, agent_id))"""}
+
+
+def test_an_older_outbox_is_upgraded_in_place_and_its_pending_rows_still_go_out(legacy: Legacy, receiver):
+    legacy.run(OLD_OUTBOX[legacy.dialect])
+    legacy.run("CREATE INDEX outbox_due ON outbox (state, next_attempt_at)")
+    first = {**CALL, "startedAt": "2025-03-01T09:00:00.000Z"}
+    body = json.dumps({"type": "call.ringing", "timestamp": "2025-03-01T09:00:00.100Z",
+                       "data": {"call": first, "agent": AGENT}}, separators=(",", ":"))
+    old = [("crm", "ringing", "msg_delivered_before", "delivered", "{}"),  # a template's body: no start in it
+           ("crm", "answered", "msg_pending_before", "pending", body)]
+    for name, event, key, state, text in old:
+        legacy.run("INSERT INTO outbox (endpoint, event, call_id, agent_id, idempotency_key, url, method, headers, "
+                   "body, next_attempt_at, created_at, state) VALUES (?, ?, ?, ?, ?, ?, 'POST', ?, ?, ?, ?, ?)",
+                   (name, event, "16777321", "1001", key, receiver.url("/old"),
+                    json.dumps({"Content-Type": "application/json"}), text, 1_700_000_000.0, 1_700_000_000.0, state))
+    store = Store.from_url(legacy.url)  # the new bridge starts on it
+    worker = WebhookWorker(store, {"WEBHOOKS": {"allow_hosts": ["127.0.0.1"], "lease_seconds": 10, "endpoints": [
+        endpoint(receiver.url("/calls/{id}"), events=["ringing", "answered"])]}}, clock=Clock(), resolver=no_dns)
+    try:
+        # The same live call again (its start was read from the old row's body): no second row.
+        worker.webhooks.enqueue_event(store, "answered", first, AGENT)
+        # The id's next call after a CTI restart: its own rows, which the old UNIQUE refused.
+        later = {**CALL, "startedAt": "2025-03-01T11:00:00.000Z"}
+        worker.webhooks.enqueue_event(store, "ringing", later, AGENT)
+        worker.webhooks.enqueue_event(store, "answered", later, AGENT)
+        table = rows(store)
+        assert [(r["event"], r["idempotency_key"], r["started_at"]) for r in table] == [
+            ("ringing", "msg_delivered_before", ""), ("answered", "msg_pending_before", "2025-03-01T09:00:00.000Z"),
+            ("ringing", table[2]["idempotency_key"], "2025-03-01T11:00:00.000Z"),
+            ("answered", table[3]["idempotency_key"], "2025-03-01T11:00:00.000Z")]
+        assert table[0]["id"] < table[1]["id"] < table[2]["id"] < table[3]["id"]  # ids kept, new ones after them
+        while worker.run_once():
+            pass
+        got = receiver.wait_for(3)
+        assert sorted(r.headers["webhook-id"] for r in got if r.path == "/old") == ["msg_pending_before"]
+        assert len(got) == 3 and all(r["state"] == "delivered" for r in rows(store))
+    finally:
+        worker.close(timeout=5)
+        store.close()
 
 
 # -- delivery --------------------------------------------------------------------------------------

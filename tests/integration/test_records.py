@@ -7,6 +7,8 @@ filters, order, pages and auth; the profile sync round trip; the same on Postgre
 """
 from __future__ import annotations
 
+import base64
+import json
 import time
 from typing import Any, Callable, Iterator
 
@@ -15,10 +17,12 @@ import requests
 
 from bridge.client import CtiClient
 from tests.waiting import until
+from tests.webhook_receiver import verify
 
 _until = until
 
 KEY = "it-records-key"
+SECRET = "whsec_" + base64.b64encode(b"integration-test-records-secret!").decode()
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 pytestmark = pytest.mark.bridge(API_KEYS=[KEY])
@@ -144,6 +148,59 @@ def test_a_resync_after_an_xmpp_drop_does_not_duplicate(stack):
     again = {**second["record"], "id": "a-new-record-id"}
     assert _bridge(stack).record_writer.write(again) is False
     assert [r["id"] for r in _stored(stack)] == [second["record"]["id"], first["record"]["id"]]
+
+
+def _outbox_delivered(stack: Any, count: int) -> list[dict[str, Any]]:
+    """The outbox once it holds ``count`` rows, every one delivered: the receiver's count is final."""
+    def check() -> list[dict[str, Any]]:
+        with _bridge(stack).store.transaction() as tx:
+            rows = tx.query("SELECT event, call_id, started_at, state FROM outbox ORDER BY id")
+        return rows if len(rows) == count and all(r["state"] == "delivered" for r in rows) else []
+    return list(_until(check, timeout=15, what=f"{count} delivered webhooks"))
+
+
+def test_a_reused_finesse_call_id_gets_its_own_record_and_webhooks(stack_from_file, webhook_receiver):
+    # Finesse's dialog ids are CTI call ids: they start again when the CTI server or peripheral
+    # restarts. The simulator's control API makes the next call reuse the first one's id.
+    stack = stack_from_file("", API_KEYS=[KEY], WEBHOOKS={
+        "allow_hosts": ["127.0.0.1"], "retry_base_seconds": 0.2, "retry_max_seconds": 0.5, "lease_seconds": 5,
+        "endpoints": [{"name": "crm", "url": webhook_receiver.url("/calls/{id}"), "secret": SECRET, "timeout": 2,
+                       "events": ["ringing", "answered", "ended", "record"]}]})
+    client = stack.agent("1001", ready=True)
+    first = _talk(stack, client, "1001", "4155550161")["record"]
+    assert stack.sim_post("/dialog-ids", {"next": int(first["callId"])}).status_code == 200
+    second = _talk(stack, client, "1001", "4155550162")["record"]
+    assert second["callId"] == first["callId"] and second["startedAt"] > first["startedAt"]
+    assert _stored(stack) == [second, first]  # the second call is not "a record stored already"
+
+    # The id once more, and this live call re-synced after an XMPP drop: still one call, one record.
+    assert stack.sim_post("/dialog-ids", {"next": int(first["callId"])}).status_code == 200
+    call_id = stack.ring(to="1001", ani="4155550163")
+    assert call_id == first["callId"]
+    client.wait_for("call.ringing", lambda p: p["call"]["id"] == call_id and p["call"]["from"] == "4155550163")
+    client.call("call.answer", callId=call_id)
+    client.wait_for("call.answered", _for(call_id))
+    stack.sim_post("/nodes/primary", {"xmpp": "down"})
+    client.wait_for("connection.changed", lambda p: p["state"] == "reconnecting")
+    stack.sim_post("/nodes/primary", {"xmpp": "up"})
+    client.wait_for("connection.changed", lambda p: p["state"] == "connected")
+    client.call("call.end", callId=call_id)
+    third = client.wait_for("call.ended", _for(call_id))["record"]
+    assert _bridge(stack).record_writer.write({**third, "id": "replayed"}) is False  # a restart's replay
+    assert _stored(stack) == [third, second, first]
+    assert [r["from"] for r in _stored(stack)] == ["4155550163", "4155550162", "4155550161"]
+
+    rows = _outbox_delivered(stack, 12)  # ringing, answered, ended and record for each of the three calls
+    assert {r["call_id"] for r in rows} == {call_id}
+    assert len({(r["event"], r["started_at"]) for r in rows}) == 12
+    kinds: dict[tuple[str, str], int] = {}
+    for got in webhook_receiver.requests:
+        body = json.loads(got.body)
+        number = (body["data"].get("call") or body["data"]["record"])["from"]
+        kinds[(body["type"], number)] = kinds.get((body["type"], number), 0) + 1
+    assert kinds == {(kind, number): 1 for kind in ("call.ringing", "call.answered", "call.ended", "record.created")
+                     for number in ("4155550161", "4155550162", "4155550163")}
+    assert all(verify(SECRET, got.headers, got.body) for got in webhook_receiver.requests)
 
 
 # -- GET /api/records ------------------------------------------------------------------------------

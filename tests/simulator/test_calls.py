@@ -634,6 +634,30 @@ def test_customer_hangup_while_ringing(h):
     assert dialog_state(h, dialog_id) is None
 
 
+def test_dialog_ids_start_again_as_after_a_cti_server_restart(h):
+    a = Party(h, "1001", ready=True)
+    first = h.control.ring(to="1001", ani=CUSTOMER)
+    a.user("RESERVED")
+    a.dialog("POST", "ALERTING", first)
+    h.control.hangup(first)
+    a.dialog("PUT", "DROPPED", first)
+    a.dialog("DELETE", "DROPPED", first)
+    a.user("READY")
+    set_next = h.control.post("/dialog-ids", {"next": int(first)})
+    assert set_next.status_code == 200 and set_next.json() == {"next": first}
+    again = h.control.ring(to="1001", ani="4155550199")
+    assert again == first  # the same Finesse id, another call
+    a.user("RESERVED")
+    offered = a.dialog("POST", "ALERTING", again)
+    assert offered.findtext("fromAddress") == "4155550199"
+    # A live call keeps its id: counting from it again gives the next free one.
+    assert h.control.post("/dialog-ids", {"next": int(first)}).status_code == 200
+    assert h.control.ring(to="1001", ani=CUSTOMER) == str(int(first) + 1)
+    for bad in ({"next": "soon"}, {"next": 0}, {"next": True}, {"next": 2**31}, {}):
+        refused = h.control.post("/dialog-ids", bad)
+        assert refused.status_code == 400 and "next" in refused.json()["error"], bad
+
+
 # -- queues --------------------------------------------------------------------------------------
 
 def test_queue_call_goes_to_longest_ready_agent(h):
