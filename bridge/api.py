@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Response, jsonify, request
 
+from . import logs
 from .config import ConfigError
 from .profiles import ContactNotFound, FieldError, VersionConflict
 from .records import list_records
@@ -36,7 +36,7 @@ from .store import StoreError
 if TYPE_CHECKING:
     from .service import Bridge
 
-log = logging.getLogger("bridge.api")
+log = logs.get("bridge.api")
 
 MAX_BODY_BYTES = 256 * 1024
 

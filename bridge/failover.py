@@ -17,15 +17,15 @@ A node never probed counts as in service (the sign-in's SystemInfo has checked i
 """
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Callable
 
+from . import logs
 from .finesse.model import SystemInfo
 from .finesse.rest import FinesseNodes, NodeAddress
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 IN_SERVICE = "IN_SERVICE"
 UNREACHABLE = "UNREACHABLE"

@@ -12,10 +12,10 @@ which is nearly all of the bridge's garbage); the benchmark's memory after its c
 from __future__ import annotations
 
 import gc
-import logging
 import threading
+from . import logs
 
-log = logging.getLogger("bridge.gc")
+log = logs.get("bridge.gc")
 
 
 class GcFreezer:

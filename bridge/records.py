@@ -19,18 +19,18 @@ import datetime
 import heapq
 import itertools
 import json
-import logging
 import random
 import threading
 import time
 from collections import deque
 from typing import Any, Callable, Mapping, Sequence
 
+from . import logs
 from .calls import start_key
 from .profiles import FieldError, digits_of, number_param, tail_of
 from .store import Store, Tx, drop_unique, register_schema, table_columns
 
-log = logging.getLogger("bridge.records")
+log = logs.get("bridge.records")
 
 RecordHook = Callable[[Tx, dict[str, Any]], None]
 MAX_LIMIT = 500

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import logging
 import math
 import re
 import time
@@ -20,6 +19,7 @@ from jsonrpcserver import Error, Success, dispatch_to_response
 from jsonrpcserver.response import ErrorResponse, Response, to_serializable_one
 from jsonrpcserver.sentinels import NODATA
 
+from . import logs
 from . import protocol
 from .errors import BridgeError, Internal, InvalidParams as InvalidParamsError, NotAllowed, NotSignedIn
 from .finesse.model import VERB_ACTIONS
@@ -28,7 +28,7 @@ from .records import list_records
 from .sessions import AgentSession, Socket
 from .store import StoreError
 
-log = logging.getLogger("bridge.rpc")
+log = logs.get("bridge.rpc")
 SPEC_CODES = (-32700, -32600, -32601)  # answered exactly as the specification's examples show
 
 

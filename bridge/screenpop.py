@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import sys
@@ -25,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import quote, urlsplit
 
+from . import logs
 from .config import ConfigError
 
-log = logging.getLogger("bridge.screenpop")
+log = logs.get("bridge.screenpop")
 
 TRIGGERS = ("ringing", "answered", "dialing", "ended")
 OPS = ("equals", "not_equals", "contains", "starts_with", "ends_with", "empty", "not_empty", "in")

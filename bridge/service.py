@@ -6,11 +6,11 @@ presence -> GET User and Dialogs -> a snapshot and a resume token for the browse
 """
 from __future__ import annotations
 
-import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from . import logs
 from .failover import IN_SERVICE, NodeWatcher
 from .gcfreeze import GcFreezer
 from .metrics import Metrics
@@ -27,7 +27,7 @@ from .throttle import SignInThrottle
 from .webhooks import WebhookWorker
 from .webhooks import parse as parse_webhooks
 
-log = logging.getLogger("bridge")
+log = logs.get("bridge")
 
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import os
 import secrets
 import threading
@@ -19,12 +18,13 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Protocol
 
+from . import logs
 from .calls import CallTracker, iso_now
 from .errors import NoSuchCall
 from .finesse import model
 from .finesse.model import Agent, Call, Update
 
-log = logging.getLogger("bridge.sessions")
+log = logs.get("bridge.sessions")
 
 # Call notifications that are screen-pop triggers (design.md section 7).
 POP_TRIGGERS = {"call.ringing": "ringing", "call.dialing": "dialing", "call.answered": "answered",

@@ -22,7 +22,6 @@ one fsync each costs little and is worth it for records and the webhook outbox.
 """
 from __future__ import annotations
 
-import logging
 import re
 import sqlite3
 import threading
@@ -30,8 +29,9 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
+from . import logs
 
-log = logging.getLogger("bridge.store")
+log = logs.get("bridge.store")
 
 Params = Sequence[Any] | Mapping[str, Any]
 Upgrade = Callable[["Tx"], None]

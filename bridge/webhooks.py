@@ -36,13 +36,14 @@ import urllib3
 import urllib3.connection
 from requests.adapters import HTTPAdapter
 
+from . import logs
 from .config import ConfigError
 from .screenpop import _TOKEN, Template, Unbuildable, form_template, lookup, url_template
 from .screenpop import _field as _call_field
 from .calls import start_key
 from .store import Store, Tx, drop_unique, register_schema, table_columns
 
-log = logging.getLogger("bridge.webhooks")
+log = logs.get("bridge.webhooks")
 
 EVENTS = ("ringing", "answered", "ended", "record")
 TYPES = {"ringing": "call.ringing", "answered": "call.answered", "ended": "call.ended", "record": "record.created"}

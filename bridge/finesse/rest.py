@@ -6,7 +6,6 @@ TLS is always verified, against ``ca_bundle`` when one is given; plain http only
 """
 from __future__ import annotations
 
-import logging
 import re
 import ssl
 import threading
@@ -20,12 +19,13 @@ import requests.adapters
 import requests.utils
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
 
+from .. import logs
 from ..errors import (ActionRefused, BadCredentials, BridgeError, FinesseError, InvalidParams, NoSuchCall, Timeout,
                       TooManyAttempts, Unavailable)
 from . import model
 from .model import Agent, ApiError, Call, ReasonCode, SystemInfo, XmlError, is_loopback
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 API = "/finesse/api"
 DEFAULT_XMPP_PORT = 5222
 DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, read) seconds, as requests takes them
