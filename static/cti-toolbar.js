@@ -146,7 +146,7 @@
     error_4003: "Not allowed.",
     error_4004: "That call is gone.",
     error_4010: "Finesse refused the agent ID or password.",
-    error_4029: "Too many attempts; wait a moment and try again.",
+    error_4029: "{message}",  // the bridge says how long to wait (data.retryAfter)
     error_4090: "Finesse refused: {message}",
     error_5030: "Finesse is unavailable.",
     error_5040: "Finesse did not answer in time.",
