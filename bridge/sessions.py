@@ -289,10 +289,14 @@ class AgentSession:
 class SessionRegistry:
     """All sessions of this process, by agent id and by resume token; its own lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokens_per_session: int = 64) -> None:
         self._lock = threading.Lock()
         self._by_agent: dict[str, AgentSession] = {}
         self._tokens: dict[str, AgentSession] = {}
+        # Each sign-in and resume issues a token; a session keeps only its newest ones, so a client
+        # signing in again and again on a signed-in agent's session cannot grow the registry.
+        self._issued: dict[str, deque[str]] = {}  # session id -> its live tokens, oldest first
+        self._tokens_per_session = max(1, tokens_per_session)
         self._agent_locks: dict[str, tuple[threading.Lock, int]] = {}  # agent id -> (lock, holders and waiters)
 
     @contextmanager
@@ -344,21 +348,31 @@ class SessionRegistry:
         with self._lock:
             if self._by_agent.get(session.agent.id) is session:
                 del self._by_agent[session.agent.id]
-            for token in [t for t, s in self._tokens.items() if s is session]:
-                del self._tokens[token]
+            for token in self._issued.pop(session.id, ()):
+                self._tokens.pop(token, None)
 
     def issue_token(self, session: AgentSession, old: str | None = None) -> str:
         token = secrets.token_urlsafe(32)
         with self._lock:
-            if old is not None:
-                self._tokens.pop(old, None)
+            issued = self._issued.setdefault(session.id, deque())
+            if old is not None and self._tokens.get(old) is session:
+                del self._tokens[old]
+                issued.remove(old)
             self._tokens[token] = session
+            issued.append(token)
+            while len(issued) > self._tokens_per_session:  # the oldest tab's token: it signs in again
+                self._tokens.pop(issued.popleft(), None)
         return token
 
     def by_token(self, token: str) -> AgentSession | None:
         with self._lock:
             session = self._tokens.get(token)
             return session if session is not None and not session.closed else None
+
+    def token_count(self) -> int:
+        """Resume tokens that would be honoured now (at most ``tokens_per_session`` per session)."""
+        with self._lock:
+            return len(self._tokens)
 
     def all(self) -> list[AgentSession]:
         with self._lock:

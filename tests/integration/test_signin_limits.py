@@ -147,3 +147,13 @@ def test_an_agent_id_and_a_login_name_at_once_make_one_session(stack, finesse_lo
     assert finesse_logins == ["1001"]  # one PUT LOGIN
     assert bridge.hub.client_count() == 1  # one XMPP connection
     assert len(bridge.registry) == 1 and bridge.registry.lock_count() == 0
+
+
+def test_signing_in_again_and_again_keeps_only_the_newest_resume_tokens(stack):
+    tab = stack.agent("1001")
+    first = tab.resume_token
+    tokens = [tab.login("1001", PASSWORD, "71001")["resumeToken"] for _ in range(200)]  # joins, each a new token
+    registry = stack.app.extensions["cti_bridge"].registry
+    assert registry.token_count() == 64  # bounded, whatever the number of sign-ins
+    assert registry.by_token(first) is None and registry.by_token(tokens[-1]) is not None
+    assert tab.resume(tokens[-1], tab.last_seq)["resumeToken"]  # the newest still resumes
