@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "REPLAY_BUFFER_SECONDS": 120.0,
     "MAX_MESSAGE_BYTES": 64 * 1024,
     "MAX_BATCH": 20,
+    "MAX_SOCKETS_PER_AGENT": 32,  # one agent's sockets (tabs, gadgets) at once; each event goes to every one
     # Call variables a client may write (call.make, call.updateVariables; docs/security.md): names, or
     # a prefix ending in "*" ("user.crm.*"). ECC variables (user.*) belong to the routing scripts and
     # are not writable unless listed.

@@ -197,6 +197,7 @@ class Bridge:
                 raise
         if extension != session.extension:
             raise InvalidParams(f"Agent is signed in on extension {session.extension}")
+        session.check_room(socket)
         session.attach(socket)
         self.metrics.logins.labels("joined").inc()
         return self._login_result(session)
@@ -236,7 +237,8 @@ class Bridge:
             replay_events=self.config["REPLAY_BUFFER_EVENTS"], replay_seconds=self.config["REPLAY_BUFFER_SECONDS"],
             grace_seconds=self.config["SESSION_GRACE_SECONDS"], on_expire=self.expire,
             on_emit=lambda method: self.metrics.notifications.labels(method).inc(), screenpop=self.screenpop.pop,
-            on_record=self.records.submit, on_call=self.webhooks.on_call if self.webhooks else None)
+            on_record=self.records.submit, on_call=self.webhooks.on_call if self.webhooks else None,
+            max_sockets=self.config["MAX_SOCKETS_PER_AGENT"])
         session.extension = extension
         session.calls.extension = extension
         link = FinesseLink(rest, user.id, extension)
@@ -416,6 +418,7 @@ class Bridge:
         session = self.registry.by_token(token)
         if session is None:
             raise NotSignedIn("Session expired; sign in again")
+        session.check_room(socket)  # before the token is spent: a refusal leaves everything as it was
         new_token = self.registry.issue_token(session, old=token)
         session.resume(socket, last_seq, lambda body: reply({"resumeToken": new_token, **body}))
         return session

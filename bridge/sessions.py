@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 from . import logs
 from .calls import CallTracker, iso_now
-from .errors import NoSuchCall
+from .errors import NoSuchCall, NotAllowed
 from .finesse import model
 from .finesse.model import Agent, Call, Update
 
@@ -78,7 +78,8 @@ class AgentSession:
                  replay_seconds: float, grace_seconds: float, on_expire: Callable[["AgentSession"], None],
                  on_emit: Callable[[str], None] | None = None, screenpop: ScreenPopper | None = None,
                  on_record: Callable[[dict[str, Any]], None] | None = None,
-                 on_call: Callable[[str, dict[str, Any], dict[str, Any]], None] | None = None) -> None:
+                 on_call: Callable[[str, dict[str, Any], dict[str, Any]], None] | None = None,
+                 max_sockets: int = 0) -> None:
         self.id = secrets.token_hex(8)
         self.agent = agent
         self.extension = agent.extension
@@ -100,6 +101,7 @@ class AgentSession:
         self._timer: threading.Timer | None = None
         self.closed = False
         self.connection_state = "connected"
+        self.max_sockets = max_sockets  # tabs (sockets) of this agent at once; 0: no limit
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -107,6 +109,13 @@ class AgentSession:
         return self._password_check(password)
 
     # -- sockets -----------------------------------------------------------------------------
+
+    def check_room(self, socket: Socket) -> None:
+        """NotAllowed (4003) if ``socket`` would be one more than ``max_sockets`` tabs of this agent."""
+        with self.lock:
+            if self.max_sockets and socket.id not in self.sockets and len(self.sockets) >= self.max_sockets:
+                raise NotAllowed(f"The agent has {len(self.sockets)} sockets open, the most allowed "
+                                 f"(MAX_SOCKETS_PER_AGENT); close one first")
 
     def attach(self, socket: Socket) -> None:
         with self.lock:

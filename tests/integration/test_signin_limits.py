@@ -9,6 +9,7 @@ import pytest
 
 from bridge.client import RpcError
 from bridge.finesse.rest import FinesseRest
+from tests.waiting import until
 
 from .conftest import PASSWORD
 
@@ -157,3 +158,20 @@ def test_signing_in_again_and_again_keeps_only_the_newest_resume_tokens(stack):
     assert registry.token_count() == 64  # bounded, whatever the number of sign-ins
     assert registry.by_token(first) is None and registry.by_token(tokens[-1]) is not None
     assert tab.resume(tokens[-1], tab.last_seq)["resumeToken"]  # the newest still resumes
+
+
+@pytest.mark.bridge(MAX_SOCKETS_PER_AGENT=3)
+def test_an_agent_has_at_most_so_many_sockets(stack):
+    tabs = [stack.agent("1001") for _ in range(3)]
+    extra = stack.client()
+    with pytest.raises(RpcError) as refused:
+        extra.login("1001", PASSWORD, "71001")
+    assert refused.value.code == 4003 and "MAX_SOCKETS_PER_AGENT" in refused.value.message
+    token = tabs[0].resume_token
+    with pytest.raises(RpcError) as refused:
+        stack.client().resume(token, tabs[0].last_seq)  # a fourth socket by resume: refused too...
+    assert refused.value.code == 4003
+    tabs[0].close()  # ...until a tab goes; the token was not spent by the refusal
+    session = stack.app.extensions["cti_bridge"].registry.get("1001")
+    until(lambda: len(session.sockets) == 2, timeout=5)
+    assert stack.client().resume(token, tabs[0].last_seq)["resumeToken"]
