@@ -1,6 +1,6 @@
 """Abuse through the bridge: hostile sockets beside a working agent, against that agent's own baseline.
 
-    .venv/bin/python bench/abuse.py [--small] [--fuzz 100000] [--fuzz-seconds 110] [--discover 300]
+    .venv/bin/python bench/abuse.py [--small] [--fuzz 100000] [--fuzz-seconds 100] [--discover 300]
                                     [--guesses 40] [--ids 1000] [--socket-limit 20] [--burst 60]
                                     [--baseline 5] [--seed 0] [--bridge-env CTI_KEY=VALUE] [--keep-logs]
 
@@ -241,6 +241,8 @@ class Ws:
             raise StepTimeout(f"{self.name}: no reply to {method} within {timeout:g} s") from None
         finally:
             self.pending.pop(request_id, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # the socket's end, already raised or reported: retrieved
 
     async def login(self, agent: str, password: str = PASSWORD) -> dict[str, Any]:
         return await self.call("session.login", {"agentId": agent, "password": password, "extension": "7" + agent})
@@ -581,6 +583,19 @@ def lat(values: list[int]) -> str:
             f"max {percentile(values, 1.0):6.2f} ms  (n={len(values)})")
 
 
+def exceptions_in(log: str) -> collections.Counter[str]:
+    """The exception type ending each traceback of a log."""
+    found: collections.Counter[str] = collections.Counter()
+    inside = False
+    for text in log.splitlines():
+        if text.startswith("Traceback"):
+            inside = True
+        elif inside and text and not text.startswith((" ", "\t")) and not text.startswith(("During handling", "The above")):
+            found[text.split(":", 1)[0].rsplit(".", 1)[-1]] += 1
+            inside = False
+    return found
+
+
 def codes_line(codes: collections.Counter[Any]) -> str:
     return ", ".join(f"{code}: {n}" for code, n in sorted(codes.items(), key=lambda kv: (-kv[1], str(kv[0])))) or "none"
 
@@ -742,7 +757,8 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
 
             # Figures.
             rate = found.fuzz_sent / fuzz_s if fuzz_s else 0.0
-            print(f"fuzz: {found.fuzz_sent} messages of bench/rpcfuzz.py in {fuzz_s:.1f} s ({rate:.0f}/s) over "
+            capped = " (stopped at --fuzz-seconds)" if found.fuzz_sent < args.fuzz else ""
+            print(f"fuzz: {found.fuzz_sent} messages of bench/rpcfuzz.py{capped} in {fuzz_s:.1f} s ({rate:.0f}/s) over "
                   f"{len(fuzzers)} sockets ({len(FUZZ_AGENTS)} signed in as {FUZZ_AGENTS[0]}..{FUZZ_AGENTS[-1]}, "
                   f"{FUZZ_ANONYMOUS} not); worker RSS {mb(found.rss['fuzz'])}; CPU: bridge worker "
                   f"{100 * cpu_bridge / fuzz_s:.0f}%, this client {100 * cpu_self / fuzz_s:.0f}% of one core", flush=True)
@@ -760,9 +776,10 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
             base_p99 = percentile(found.latency["baseline"]["agent.get"], 0.99)
             fuzz_p99 = percentile(found.latency["fuzz"]["agent.get"], 0.99)
             print(f"  agent.get p99 during the fuzz run / baseline: {fuzz_p99 / base_p99 if base_p99 else float('nan'):.2f}x")
-            tracebacks = bridge.log_text().count("Traceback")
+            tracebacks = exceptions_in(bridge.log_text())
             print(f"crashes: {int(crashed or found.health_failures > 0)} (bridge exited: {'yes' if crashed else 'no'}; "
-                  f"/healthz unanswered: {found.health_failures} polls); tracebacks in the bridge's log: {tracebacks}")
+                  f"/healthz unanswered: {found.health_failures} polls); tracebacks in the bridge's log: "
+                  f"{sum(tracebacks.values())} ({codes_line(tracebacks)})")
             print(f"sessions lost: {len(found.lost)}" + (f" ({'; '.join(found.lost[:6])})" if found.lost else ""))
             print(f"Finesse lockouts: {len(locked)} {locked}")
 
@@ -817,7 +834,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="a few seconds: the sizes tests/test_bench.py runs")
     parser.add_argument("--fuzz", type=int, default=100_000, help="fuzz messages in all")
-    parser.add_argument("--fuzz-seconds", type=float, default=110.0, help="the fuzz run stops here at the latest")
+    parser.add_argument("--fuzz-seconds", type=float, default=100.0, help="the fuzz run stops here at the latest")
     parser.add_argument("--discover", type=int, default=300, help="case 2: messages from the socket that never reads")
     parser.add_argument("--guesses", type=int, default=40, help="case 3: wrong passwords per agent")
     parser.add_argument("--ids", type=int, default=1000, help="case 4: sign-ins with unique 60 KB ids")
