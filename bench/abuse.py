@@ -732,6 +732,12 @@ async def run(args: argparse.Namespace, log_dir: str) -> int:
             cpu_bridge, cpu_self = cpu_seconds(pid) - cpu_bridge0, time.process_time() - cpu_self0
             for index, agent in enumerate(FUZZ_AGENTS):  # each signed-in fuzz agent still has its session?
                 try:
+                    if pool[index].closed.is_set():  # its last message made the bridge close it: join again
+                        await pool[index].close()
+                        pool[index] = await open_retrying(bridge_port, f"check-{agent}")
+                        if "error" in (reply := await pool[index].login(agent)):
+                            found.lost.append(f"{agent}: signing in again after the fuzz run -> {reply['error']}")
+                            continue
                     reply = await pool[index].call("agent.get")
                     if "error" in reply:
                         found.lost.append(f"{agent}: agent.get after the fuzz run -> {reply['error']}")
