@@ -29,9 +29,10 @@ DEFAULTS: dict[str, Any] = {
     "XMPP_RECONNECT_MIN_SECONDS": 1.0,
     "XMPP_RECONNECT_MAX_SECONDS": 30.0,
     # What one XMPP stanza from Finesse may make the bridge hold (bridge/finesse/xmppclient.py); over
-    # either, the connection is dropped and reconnects. Bytes from the end of the previous stanza: the
-    # largest Update the bridge parses (256 KiB, model.py) is at most about three times that escaped
-    # in its stanza, a Dialogs notification of 50 calls with call variables about 250 KB
+    # either, the connection is dropped and reconnects. Bytes, counted from the previous stanza's end:
+    # the largest Update the bridge parses is 256 KiB (model.py), e.g. Dialogs of 53 calls with ten call
+    # variables and 2,000 bytes of ECC data each, 316 KiB once escaped into its stanza; markup-only XML
+    # escapes to under three times its size
     "XMPP_MAX_STANZA_BYTES": 1024 * 1024,
     # Elements nested in one stanza: Finesse's notifications are 5 deep (the Update travels as text)
     "XMPP_MAX_DEPTH": 64,
