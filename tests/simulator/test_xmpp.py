@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import re
 import ssl
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -583,4 +584,27 @@ def test_flood_writes_at_the_readers_pace_and_stops_when_it_leaves() -> None:
             finally:
                 await reader.close()
                 await leaver.close()
+    run(scenario)
+
+
+@pytest.mark.parametrize("unit", ["<a>", "<a/>"])
+def test_a_client_stanza_of_many_elements_is_refused_before_it_is_built(unit: str) -> None:
+    data = (STREAM_OPEN + "<message>" + unit * (2_000_000 // len(unit))).encode()
+
+    async def scenario() -> None:
+        async with xmpp_server(max_stanza_bytes=16384) as (server, _), agents(server, ("1002", "r")) as [other]:
+            raw = await Raw.open(server.port)
+            tracemalloc.start()
+            try:
+                raw.send(data)
+                text = await raw.until_eof()
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+                await raw.close()
+            assert text.endswith("<policy-violation xmlns=\"urn:ietf:params:xml:ns:xmpp-streams\"/></stream:error>"
+                                 "</stream:stream>"), text[-300:]
+            assert peak < 1536 * 1024, f"the server's heap grew {peak} bytes for a 16 KiB limit"
+            assert server.publish("/finesse/api/User/1002", PAYLOAD, ["1002"]) == 1
+            assert await other.notification() == ("/finesse/api/User/1002", PAYLOAD)
     run(scenario)
