@@ -101,7 +101,7 @@ def control_routes(app: web.Application, simulator: "Simulator") -> None:
     async def flood(request: web.Request) -> web.Response:
         data = await _json(request)
         user = _text(data, "to")
-        size, depth = _count(data, "bytes", floods.MAX_BYTES), _count(data, "depth", floods.MAX_DEPTH)
+        size, depth = _count(data, "bytes", floods.MAX_BYTES), _count(data, "depth", floods.MAX_ELEMENTS)
         timeout = _count(data, "timeout", 600) or 30
         if not user or (size > 0) == (depth > 0):
             raise ControlError(400, "give to and one of bytes or depth")

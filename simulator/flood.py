@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from .xmpp import XmppServer, _Session
 
 PIECE = 16 * 1024
-MAX_BYTES = 2**30
-MAX_DEPTH = 10_000_000
+MAX_BYTES = 2**30  # the most the control writes: 1 GiB of text, ten million nested elements
+MAX_ELEMENTS = 10_000_000
 
 
 def pieces(head: bytes, unit: bytes, count: int) -> Iterator[bytes]:
