@@ -37,6 +37,14 @@ DEFAULTS: dict[str, Any] = {
     "XMPP_CONNECT_TIMEOUT": 10.0,
     "XMPP_RECONNECT_MIN_SECONDS": 1.0,
     "XMPP_RECONNECT_MAX_SECONDS": 30.0,
+    # What one XMPP stanza from Finesse may make the bridge hold (bridge/finesse/xmppclient.py); over
+    # either, the connection is dropped and reconnects. Bytes, counted from the previous stanza's end:
+    # the largest Update the bridge parses is 256 KiB (model.py), e.g. Dialogs of 53 calls with ten call
+    # variables and 2,000 bytes of ECC data each, 316 KiB once escaped into its stanza; markup-only XML
+    # escapes to under three times its size
+    "XMPP_MAX_STANZA_BYTES": 1024 * 1024,
+    # Elements nested in one stanza: Finesse's notifications are 5 deep (the Update travels as text)
+    "XMPP_MAX_DEPTH": 64,
     # Node failover (bridge/failover.py, finesse.md 10): SystemInfo polling while a node is suspect, the
     # most reconnects and re-syncs in flight toward Finesse, and how long XMPP may refuse an in-service
     # node before its agents move to the other node (well inside Finesse's 60 s presence grace)
@@ -163,6 +171,9 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"DATABASE_URL: {exc}") from None
     if config["FAILOVER_POLL_SECONDS"] <= 0 or config["FAILOVER_MAX_CONCURRENT"] < 1:
         raise ConfigError("FAILOVER_POLL_SECONDS and FAILOVER_MAX_CONCURRENT: must be positive")
+    if config["XMPP_MAX_STANZA_BYTES"] < 64 * 1024 or config["XMPP_MAX_DEPTH"] < 16:
+        raise ConfigError("XMPP_MAX_STANZA_BYTES and XMPP_MAX_DEPTH: at least 65536 and 16 (Finesse's own "
+                          "notifications would be cut)")
     if config["MAX_BATCH"] < 1 or config["REPLAY_BUFFER_EVENTS"] < 1:
         raise ConfigError("MAX_BATCH and REPLAY_BUFFER_EVENTS: must be at least 1")
 

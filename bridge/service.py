@@ -111,7 +111,8 @@ class Bridge:
                                       connect_timeout=c["XMPP_CONNECT_TIMEOUT"],
                                       reconnect_min=c["XMPP_RECONNECT_MIN_SECONDS"],
                                       reconnect_max=c["XMPP_RECONNECT_MAX_SECONDS"],
-                                      max_concurrent=self.failover.max_concurrent)
+                                      max_concurrent=self.failover.max_concurrent,
+                                      max_stanza_bytes=c["XMPP_MAX_STANZA_BYTES"], max_depth=c["XMPP_MAX_DEPTH"])
                 self._hub.start()
                 self.gc.start()  # with the first agent: a process that never signs one in needs none
             return self._hub

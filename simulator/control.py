@@ -4,12 +4,14 @@ It answers whatever the emulated nodes' status: it is not part of the emulated F
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from . import flood as floods
 from .calls import ControlError
 from .rest import read_body
 
@@ -46,6 +48,13 @@ def _text(data: dict[str, Any], key: str) -> str:
     if not isinstance(value, (str, int)):
         raise ControlError(400, f"{key}: must be a string")
     return str(value)
+
+
+def _count(data: dict[str, Any], key: str, most: int) -> int:
+    value = data.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise ControlError(400, f"{key}: must be a whole number from 0 to {most}")
+    return value
 
 
 def control_routes(app: web.Application, simulator: "Simulator") -> None:
@@ -97,6 +106,17 @@ def control_routes(app: web.Application, simulator: "Simulator") -> None:
         await simulator.set_node(target, status, xmpp, webapp)
         return web.json_response(target.as_json())
 
+    async def flood(request: web.Request) -> web.Response:
+        data = await _json(request)
+        user = _text(data, "to")
+        size, depth = _count(data, "bytes", floods.MAX_BYTES), _count(data, "depth", floods.MAX_ELEMENTS)
+        timeout = _count(data, "timeout", 600) or 30
+        if not user or (size > 0) == (depth > 0):
+            raise ControlError(400, "give to and one of bytes or depth")
+        done = await asyncio.gather(*(floods.flood(n.xmpp, user, size=size, depth=depth, timeout=timeout)
+                                      for n in simulator.nodes if n.xmpp is not None and n.xmpp.listening))
+        return web.json_response({"sessions": [s for node in done for s in node]})
+
     async def state(request: web.Request) -> web.Response:
         body = sim().snapshot()
         body["nodes"] = [n.as_json() for n in simulator.nodes]
@@ -120,6 +140,7 @@ def control_routes(app: web.Application, simulator: "Simulator") -> None:
     sub.router.add_post("/api/calls/{id}/answer", answer)
     sub.router.add_post("/api/dialog-ids", dialog_ids)
     sub.router.add_post("/api/nodes/{name}", node)
+    sub.router.add_post("/api/xmpp/flood", flood)
     sub.router.add_get("/api/state", state)
     sub.router.add_get("/api/tls", certificate)
     app.add_subapp("/sim", sub)

@@ -17,7 +17,7 @@ import logging
 import secrets
 import ssl
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import cast
 from xml.sax.saxutils import escape, quoteattr
 
@@ -253,6 +253,8 @@ class _Session(asyncio.Protocol):
         self.last_rx = 0.0
         self.idle_handle: asyncio.TimerHandle | None = None
         self.peer = "?"
+        self.pacing = False                     # write_paced runs: a full send buffer waits, not disconnects
+        self.writable: asyncio.Future[None] | None = None  # while paced writing waits for the peer to read
 
     def __repr__(self) -> str:
         return f"<xmpp {self.jid or self.user or '-'} {self.peer}>"
@@ -296,17 +298,52 @@ class _Session(asyncio.Protocol):
         log.debug("%r connection lost (%s)", self, exc)
         self.closed = True
         self._finish()
+        self.resume_writing()
 
     def pause_writing(self) -> None:
+        if self.pacing:
+            self.writable = self.loop.create_future()
+            return
         if not self.closed:  # slow consumer: stop writing now, drop it on the next loop turn
             log.warning("%r send buffer over %d bytes; disconnecting", self, self.srv.max_send_buffer)
             self.closed = True
             self.loop.call_soon(self.transport.abort)
 
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+
     # --- output / teardown ------------------------------------------------
     def send(self, data: bytes) -> None:
         if not self.closed:
             self.transport.write(data)
+
+    async def write_paced(self, pieces: Iterator[bytes], timeout: float) -> int:
+        """Write ``pieces`` as fast as the peer reads them (at most about one piece waits in our buffer)
+        until they run out, the connection closes or ``timeout`` passes; the bytes written."""
+        deadline = self.loop.time() + timeout
+        sent = 0
+        self.pacing = True
+        self.transport.set_write_buffer_limits(high=1)
+        try:
+            for piece in pieces:
+                if self.closed or self.transport.is_closing() or self.loop.time() > deadline:
+                    break  # is_closing: the connection is lost and connection_lost is due
+                self.transport.write(piece)
+                sent += len(piece)
+                if self.writable is None:
+                    await asyncio.sleep(0)  # the rest of the loop runs between pieces
+                    continue
+                try:
+                    await asyncio.wait_for(self.writable, deadline - self.loop.time())
+                except TimeoutError:
+                    break
+                self.writable = None
+        finally:
+            self.pacing, self.writable = False, None
+            if not self.closed:
+                self.transport.set_write_buffer_limits(high=self.srv.max_send_buffer)
+        return sent
 
     def _header(self) -> bytes:
         return ("<?xml version='1.0'?><stream:stream xmlns=\"jabber:client\" "

@@ -6,7 +6,8 @@ One :class:`XmppStreamParser` parses one stream, from the stream header to
 are built into ElementTree elements (``{namespace}tag`` names) and handed to
 the callbacks.  DTDs, entity declarations, external entities, comments and
 processing instructions are refused, and a stanza (or the bytes between two
-stanzas) longer than ``max_stanza_bytes`` is refused too; every refusal is an
+stanzas) longer than ``max_stanza_bytes`` or nested deeper than ``MAX_DEPTH``
+elements is refused too; every refusal is an
 :class:`XmppStreamError` carrying the RFC 6120 stream error condition.
 """
 
@@ -19,6 +20,9 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 
 __all__ = ["XmppStreamError", "XmppStreamParser"]
+
+# Elements nested in one stanza: a client's deepest (pubsub subscribe in an iq) is 3.
+MAX_DEPTH = 64
 
 
 class XmppStreamError(Exception):
@@ -90,6 +94,11 @@ class XmppStreamParser:
         if depth == 1:
             self._builder = ET.TreeBuilder()
             self._stanza_start = self._expat.CurrentByteIndex
+        elif depth > MAX_DEPTH or self._expat.CurrentByteIndex - self._stanza_start > self._max:
+            # Checked at each element, not only after a read: one read of 256 KiB of "<a>" would
+            # otherwise build some 87,000 elements (about 11 MB) before the size check refused them.
+            raise XmppStreamError("policy-violation",
+                                  "stanza too deep" if depth > MAX_DEPTH else "stanza too large")
         assert self._builder is not None
         self._builder.start(tag, attrib)
 

@@ -14,7 +14,8 @@ import random
 import secrets
 import ssl
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from slixmpp import JID, ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
@@ -45,6 +46,17 @@ CLOSE_WAIT = 2.0  # seconds for the server to answer our end of stream before we
 # most of an idle agent's memory. One TLS record (16 KiB of text plus header and MAC) fits; a larger
 # burst is read in more steps of the same loop. None keeps asyncio's size.
 TLS_READ_BUFFER: int | None = 2**14 + 2048 + 5
+# Stream limits (config.py XMPP_MAX_STANZA_BYTES, XMPP_MAX_DEPTH): what one stanza may make the parser
+# hold. Finesse's notifications are 5 elements deep (message, event, items, item, notification: the
+# Update travels as escaped text), and the Update inside is refused above model.MAX_DOCUMENT_BYTES.
+MAX_STANZA_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+# Bytes handed to the XML parser at a time: the limits are checked between pieces, so one read (up to
+# 256 KiB on plain TCP) builds at most this much past a limit. A TLS read is smaller (TLS_READ_BUFFER).
+FEED_PIECE = 2**14
+# RFC 6120 4.9.3.14: the stream error for "a stanza exceeds a configured size limit"; sent best effort.
+POLICY_VIOLATION = (b'<stream:error><policy-violation xmlns="urn:ietf:params:xml:ns:xmpp-streams"/>'
+                    b"</stream:error></stream:stream>")
 
 
 def _pbkdf2_hi(self: Any, text: str | bytes, salt: bytes, iterations: int) -> bytes:
@@ -72,13 +84,92 @@ def shrink_tls_read_buffer(transport: Any, size: int | None) -> None:
 
 
 class _Client(ClientXMPP):
-    """slixmpp's client, with a small TLS read buffer once STARTTLS has completed."""
+    """slixmpp's client, with a small TLS read buffer once STARTTLS has completed and limits on the
+    stanzas it reads: over ``max_stanza_bytes`` or nested deeper than ``max_depth``, the connection is
+    dropped (and the owner reconnects, as after any drop).
+
+    slixmpp parses the whole stream in one ElementTree pull parser (``data_received``) and keeps a
+    stanza's elements until its end tag: with no limit, one unterminated stanza from a broken or
+    hostile server grows the bridge's memory for as long as the server writes (RFC 6120 13.12 lets
+    an entity limit what it accepts). Bytes are counted per read and depth per start tag, so a
+    normal stanza costs a few comparisons.
+    """
+
+    def __init__(self, jid: str, password: str, *, max_stanza_bytes: int = MAX_STANZA_BYTES,
+                 max_depth: int = MAX_DEPTH, **kwargs: Any) -> None:
+        super().__init__(jid, password, **kwargs)
+        self.max_stanza_bytes, self.max_depth = max_stanza_bytes, max_depth
+        self.stanza_bytes = 0  # read since the stream (re)started or the last stanza ended
+        self.cut = False  # over a limit or not well-formed: the rest of this connection's input is ignored
 
     async def start_tls(self) -> bool:
         done: bool = await super().start_tls()
         if done:
             shrink_tls_read_buffer(self.transport, TLS_READ_BUFFER)
         return done
+
+    def init_parser(self) -> None:
+        """A new parser for each connection and stream restart (STARTTLS, SASL): the counts restart."""
+        super().init_parser()
+        self.parser = _StanzaParser(self)
+        self.stanza_bytes, self.cut = 0, False
+
+    def data_received(self, data: bytes | str) -> None:
+        """slixmpp's, one piece of at most FEED_PIECE bytes at a time, then the byte limit.
+
+        The count goes back to 0 at each stanza's end (``_StanzaParser``), so a stanza within the limit
+        always passes and an endless one is cut after at most the limit plus one piece.
+        """
+        if len(data) > FEED_PIECE:
+            for start in range(0, len(data), FEED_PIECE):
+                if self.cut:
+                    return
+                self.data_received(data[start:start + FEED_PIECE])
+            return
+        if self.cut:
+            return
+        self.stanza_bytes += len(data)
+        super().data_received(data)
+        if self.stanza_bytes > self.max_stanza_bytes and not self.cut:
+            self.over_limit(f"a stanza over {self.max_stanza_bytes} bytes")
+
+    def over_limit(self, what: str) -> None:
+        """Drop the connection: ``what`` broke the stream limits (RFC 6120 4.9.3.14, policy-violation)."""
+        self.cut = True
+        log.warning("%s: %s from %s; dropping the connection", self.boundjid, what, self.custom_address)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(POLICY_VIOLATION)  # abort() discards whatever the socket did not take at once
+        self.disconnect_reason = what
+        self.abort()  # "disconnected" follows: AgentConnection reconnects as after any drop
+
+
+class _StanzaParser(ET.XMLPullParser):
+    """slixmpp's pull parser (start and end events), with the depth limit and the per-stanza byte count.
+
+    slixmpp counts the depth in ``xml_depth`` as it takes each event (the stream element is 1, a
+    stanza 2), so at a start event ``xml_depth`` is the new element's depth within its stanza.
+    """
+
+    def __init__(self, client: _Client) -> None:
+        super().__init__(("start", "end"))
+        self._client = client
+
+    def read_events(self) -> Iterator[Any]:
+        """The parser's events, stopping at the first element deeper than the limit."""
+        client = self._client
+        try:
+            for event in super().read_events():
+                if event[0] == "start":
+                    if client.xml_depth > client.max_depth:
+                        client.over_limit(f"a stanza nested deeper than {client.max_depth} elements")
+                        return
+                elif client.xml_depth == 2:  # a stanza's end tag: its bytes are slixmpp's now
+                    client.stanza_bytes = 0
+                yield event
+        except ET.ParseError:
+            client.cut = True  # slixmpp sends not-well-formed and disconnects; later pieces would repeat it
+            raise
 
 
 def backoff_delay(attempt: int, low: float, high: float, rand: Callable[[], float] = random.random) -> float:
@@ -164,7 +255,8 @@ class AgentConnection:
     # -- everything below runs in the hub's loop ---------------------------------------------------
 
     def _build(self) -> None:
-        client = _Client(self.jid, self._password, ssl_context=self.hub.ssl_context)
+        client = _Client(self.jid, self._password, ssl_context=self.hub.ssl_context,
+                         max_stanza_bytes=self.hub.max_stanza_bytes, max_depth=self.hub.max_depth)
         client.enable_direct_tls = False
         client.enable_starttls = self._tls == "starttls"
         client.enable_plaintext = self._tls == "none"

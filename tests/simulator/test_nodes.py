@@ -218,6 +218,12 @@ def test_uccx_secondary_starts_out_of_service_and_takes_over_from_the_primary(h)
     ("/nodes/primary", {"xmpp": "sideways"}, 400, "xmpp"),
     ("/nodes/primary", {"webapp": 1}, 400, "webapp"),
     ("/nodes/primary", [1, 2], 400, "JSON object"),
+    ("/xmpp/flood", {"to": "1001"}, 400, "one of bytes or depth"),
+    ("/xmpp/flood", {"to": "1001", "bytes": 10, "depth": 10}, 400, "one of bytes or depth"),
+    ("/xmpp/flood", {"bytes": 10}, 400, "give to"),
+    ("/xmpp/flood", {"to": "1001", "depth": -1}, 400, "depth"),
+    ("/xmpp/flood", {"to": "1001", "bytes": True}, 400, "bytes"),
+    ("/xmpp/flood", {"to": "1001", "bytes": 2**31}, 400, "bytes"),
 ])
 def test_control_api_errors_are_json(h, path, body, status, message):
     response = h.control.post(path, body)

@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import re
 import ssl
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from slixmpp.exceptions import IqError
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from simulator import flood
 from simulator.xmpp import XmppServer
 
 DOMAIN = "finesse.local"
@@ -551,4 +553,58 @@ def test_slow_consumer_is_disconnected() -> None:
                 assert await fast.notification() == ("/finesse/api/User/1002", "<ok/>")
             finally:
                 await raw.close()
+    run(scenario)
+
+
+# --- fault control: an unterminated stanza ---------------------------------------------
+
+def test_flood_writes_at_the_readers_pace_and_stops_when_it_leaves() -> None:
+    async def scenario() -> None:
+        async with xmpp_server() as (server, _), agents(server, ("2001", "r")) as [other]:
+            reader, leaver = await Raw.open(server.port), await Raw.open(server.port)
+            try:
+                await reader.login("1001", "reader")
+                await leaver.login("1002", "leaver")
+                reader.buffer = leaver.buffer = ""
+                nested = asyncio.create_task(flood.flood(server, "1001", depth=20_000, timeout=10))
+                endless = asyncio.create_task(flood.flood(server, "1002", size=2**30, timeout=10))
+                await leaver.expect("<body>x+")
+                leaver.writer.transport.abort()  # a client that leaves: the flood to it stops there
+                text = ""
+                while not text.endswith("<a>" * 20_000):  # the one that reads gets the whole of it
+                    text += (await asyncio.wait_for(reader.reader.read(65536), WAIT)).decode()
+                head = f'<message from="{PUBSUB}" to="1001@{DOMAIN}/reader">'
+                assert reader.buffer + text == head + "<a>" * 20_000
+                assert await asyncio.wait_for(nested, WAIT) == [
+                    {"jid": f"1001@{DOMAIN}/reader", "sent": len(head) + 60_000, "closed": False}]
+                [left] = await asyncio.wait_for(endless, WAIT)
+                assert left["closed"] and left["sent"] < 2**30
+                assert server.publish("/finesse/api/User/2001", PAYLOAD, ["2001"]) == 1  # others unaffected
+                assert await other.notification() == ("/finesse/api/User/2001", PAYLOAD)
+            finally:
+                await reader.close()
+                await leaver.close()
+    run(scenario)
+
+
+@pytest.mark.parametrize("unit", ["<a>", "<a/>"])
+def test_a_client_stanza_of_many_elements_is_refused_before_it_is_built(unit: str) -> None:
+    data = (STREAM_OPEN + "<message>" + unit * (2_000_000 // len(unit))).encode()
+
+    async def scenario() -> None:
+        async with xmpp_server(max_stanza_bytes=16384) as (server, _), agents(server, ("1002", "r")) as [other]:
+            raw = await Raw.open(server.port)
+            tracemalloc.start()
+            try:
+                raw.send(data)
+                text = await raw.until_eof()
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+                await raw.close()
+            assert text.endswith("<policy-violation xmlns=\"urn:ietf:params:xml:ns:xmpp-streams\"/></stream:error>"
+                                 "</stream:stream>"), text[-300:]
+            assert peak < 1536 * 1024, f"the server's heap grew {peak} bytes for a 16 KiB limit"
+            assert server.publish("/finesse/api/User/1002", PAYLOAD, ["1002"]) == 1
+            assert await other.notification() == ("/finesse/api/User/1002", PAYLOAD)
     run(scenario)
