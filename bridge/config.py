@@ -45,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "XMPP_MAX_STANZA_BYTES": 1024 * 1024,
     # Elements nested in one stanza: Finesse's notifications are 5 deep (the Update travels as text)
     "XMPP_MAX_DEPTH": 64,
+    # Elements in one stanza: a flat megabyte of tiny elements fits the byte limit yet parses to about 20 MB
+    "XMPP_MAX_ELEMENTS": 10_000,
     # Node failover (bridge/failover.py, finesse.md 10): SystemInfo polling while a node is suspect, the
     # most reconnects and re-syncs in flight toward Finesse, and how long XMPP may refuse an in-service
     # node before its agents move to the other node (well inside Finesse's 60 s presence grace)
@@ -171,6 +173,8 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"DATABASE_URL: {exc}") from None
     if config["FAILOVER_POLL_SECONDS"] <= 0 or config["FAILOVER_MAX_CONCURRENT"] < 1:
         raise ConfigError("FAILOVER_POLL_SECONDS and FAILOVER_MAX_CONCURRENT: must be positive")
+    if config["XMPP_MAX_ELEMENTS"] < 100:
+        raise ConfigError("XMPP_MAX_ELEMENTS: at least 100 (Finesse's own stanzas hold a handful)")
     if config["XMPP_MAX_STANZA_BYTES"] < 64 * 1024 or config["XMPP_MAX_DEPTH"] < 16:
         raise ConfigError("XMPP_MAX_STANZA_BYTES and XMPP_MAX_DEPTH: at least 65536 and 16 (Finesse's own "
                           "notifications would be cut)")

@@ -112,7 +112,8 @@ class Bridge:
                                       reconnect_min=c["XMPP_RECONNECT_MIN_SECONDS"],
                                       reconnect_max=c["XMPP_RECONNECT_MAX_SECONDS"],
                                       max_concurrent=self.failover.max_concurrent,
-                                      max_stanza_bytes=c["XMPP_MAX_STANZA_BYTES"], max_depth=c["XMPP_MAX_DEPTH"])
+                                      max_stanza_bytes=c["XMPP_MAX_STANZA_BYTES"], max_depth=c["XMPP_MAX_DEPTH"],
+                                      max_elements=c["XMPP_MAX_ELEMENTS"])
                 self._hub.start()
                 self.gc.start()  # with the first agent: a process that never signs one in needs none
             return self._hub

@@ -110,10 +110,12 @@ def control_routes(app: web.Application, simulator: "Simulator") -> None:
         data = await _json(request)
         user = _text(data, "to")
         size, depth = _count(data, "bytes", floods.MAX_BYTES), _count(data, "depth", floods.MAX_ELEMENTS)
+        elements = _count(data, "elements", floods.MAX_ELEMENTS)
         timeout = _count(data, "timeout", 600) or 30
-        if not user or (size > 0) == (depth > 0):
-            raise ControlError(400, "give to and one of bytes or depth")
-        done = await asyncio.gather(*(floods.flood(n.xmpp, user, size=size, depth=depth, timeout=timeout)
+        if not user or [size > 0, depth > 0, elements > 0].count(True) != 1:
+            raise ControlError(400, "give to and one of bytes, depth or elements")
+        done = await asyncio.gather(*(floods.flood(n.xmpp, user, size=size, depth=depth, elements=elements,
+                                                   timeout=timeout)
                                       for n in simulator.nodes if n.xmpp is not None and n.xmpp.listening))
         return web.json_response({"sessions": [s for node in done for s in node]})
 

@@ -1,7 +1,7 @@
 """Fault control: a hostile or broken Finesse node's XMPP output, an unterminated stanza.
 
 ``flood`` writes, to every session of one user, the start of a pubsub ``<message>`` that never
-ends: ``size`` bytes of text, or ``depth`` nested elements. It writes as fast as each client reads
+ends: ``size`` bytes of text, ``depth`` nested elements, or ``elements`` empty elements side by side. It writes as fast as each client reads
 (``_Session.write_paced``), so the simulator holds one piece at a time whatever the size, and it
 stops when the client drops the connection: the bytes written by then show how much the client
 accepted (plus what the two sockets' kernel buffers held). The stream is left as it is.
@@ -32,7 +32,7 @@ def pieces(head: bytes, unit: bytes, count: int) -> Iterator[bytes]:
         yield unit * rest
 
 
-async def flood(server: XmppServer, user: str, *, size: int = 0, depth: int = 0,
+async def flood(server: XmppServer, user: str, *, size: int = 0, depth: int = 0, elements: int = 0,
                 timeout: float = 30.0) -> list[dict[str, Any]]:
     """Each of ``user``'s sessions: its JID, the bytes written, and whether it closed before the end."""
     sessions = [s for s in server._bound.get(user, {}).values() if not s.closed]
@@ -41,6 +41,8 @@ async def flood(server: XmppServer, user: str, *, size: int = 0, depth: int = 0,
         head = server._event_head + session.jid_attr + b">"
         if depth:
             stream = pieces(head, b"<a>", depth)
+        elif elements:  # side by side: shallow, small, and many
+            stream = pieces(head, b"<a/>", elements)
         else:
             head += b"<body>"
             stream = pieces(head, b"x", max(0, size - len(head)))

@@ -24,8 +24,8 @@ at most ``max_concurrent`` at a time per hub.
 "failed": the server refused the credentials while reconnecting; retrying would only lock the
 account out, so the connection gives up. After ``close()`` returns no callback fires.
 
-A stanza over ``max_stanza_bytes`` (counted from the end of the previous one) or nested deeper than
-``max_depth`` elements is a drop like any other: the connection is cut and reconnects as above.
+A stanza over ``max_stanza_bytes`` (counted from the end of the previous one), nested deeper than
+``max_depth`` elements or holding more than ``max_elements`` is a drop like any other: the connection is cut and reconnects as above.
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ from typing import Any, Coroutine, TypeVar
 
 from ..errors import Timeout
 from .model import is_loopback
-from .xmppclient import (CLOSE_WAIT, MAX_DEPTH, MAX_STANZA_BYTES, SASL_FILTER, AgentConnection, OnState, OnUpdate,
-                         Route, backoff_delay)
+from .xmppclient import (CLOSE_WAIT, MAX_DEPTH, MAX_ELEMENTS, MAX_STANZA_BYTES, SASL_FILTER, AgentConnection,
+                         OnState, OnUpdate, Route, backoff_delay)
 
 __all__ = ["NotifyHub", "AgentConnection", "OnUpdate", "OnState", "Route", "backoff_delay"]
 
@@ -54,7 +54,8 @@ class NotifyHub:
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, ca_bundle: str | None = None,
                  ping_interval: float = 10.0, connect_timeout: float = 10.0,
                  reconnect_min: float = 1.0, reconnect_max: float = 30.0, max_concurrent: int = 50,
-                 max_stanza_bytes: int = MAX_STANZA_BYTES, max_depth: int = MAX_DEPTH) -> None:
+                 max_stanza_bytes: int = MAX_STANZA_BYTES, max_depth: int = MAX_DEPTH,
+                 max_elements: int = MAX_ELEMENTS) -> None:
         if ssl_context is not None and ca_bundle is not None:
             raise ValueError("give ssl_context or ca_bundle, not both")
         context = ssl_context or ssl.create_default_context(cafile=ca_bundle)  # the bundle replaces the system's
@@ -62,12 +63,12 @@ class NotifyHub:
             raise ValueError("the XMPP SSLContext must verify certificates and host names")
         if not 0 < reconnect_min <= reconnect_max:
             raise ValueError("need 0 < reconnect_min <= reconnect_max")
-        if max_stanza_bytes < 1 or max_depth < 1:
-            raise ValueError("need max_stanza_bytes and max_depth of at least 1")
+        if max_stanza_bytes < 1 or max_depth < 1 or max_elements < 1:
+            raise ValueError("need max_stanza_bytes, max_depth and max_elements of at least 1")
         self.ssl_context = context
         self.ping_interval, self.connect_timeout = ping_interval, connect_timeout
         self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
-        self.max_stanza_bytes, self.max_depth = max_stanza_bytes, max_depth
+        self.max_stanza_bytes, self.max_depth, self.max_elements = max_stanza_bytes, max_depth, max_elements
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

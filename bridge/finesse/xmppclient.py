@@ -51,6 +51,9 @@ TLS_READ_BUFFER: int | None = 2**14 + 2048 + 5
 # Update travels as escaped text), and the Update inside is refused above model.MAX_DOCUMENT_BYTES.
 MAX_STANZA_BYTES = 1024 * 1024
 MAX_DEPTH = 64
+# Elements in one stanza: a flat megabyte of <a/> siblings fits the byte limit and costs about 20 MB of
+# parsed elements; Finesse's stanzas hold a handful (the Update is text until model.py parses it).
+MAX_ELEMENTS = 10_000
 # Bytes handed to the XML parser at a time: the limits are checked between pieces, so one read (up to
 # 256 KiB on plain TCP) builds at most this much past a limit. A TLS read is smaller (TLS_READ_BUFFER).
 FEED_PIECE = 2**14
@@ -85,7 +88,8 @@ def shrink_tls_read_buffer(transport: Any, size: int | None) -> None:
 
 class _Client(ClientXMPP):
     """slixmpp's client, with a small TLS read buffer once STARTTLS has completed and limits on the
-    stanzas it reads: over ``max_stanza_bytes`` or nested deeper than ``max_depth``, the connection is
+    stanzas it reads: over ``max_stanza_bytes``, nested deeper than ``max_depth`` or holding more than
+    ``max_elements`` elements, the connection is
     dropped (and the owner reconnects, as after any drop).
 
     slixmpp parses the whole stream in one ElementTree pull parser (``data_received``) and keeps a
@@ -96,10 +100,11 @@ class _Client(ClientXMPP):
     """
 
     def __init__(self, jid: str, password: str, *, max_stanza_bytes: int = MAX_STANZA_BYTES,
-                 max_depth: int = MAX_DEPTH, **kwargs: Any) -> None:
+                 max_depth: int = MAX_DEPTH, max_elements: int = MAX_ELEMENTS, **kwargs: Any) -> None:
         super().__init__(jid, password, **kwargs)
-        self.max_stanza_bytes, self.max_depth = max_stanza_bytes, max_depth
+        self.max_stanza_bytes, self.max_depth, self.max_elements = max_stanza_bytes, max_depth, max_elements
         self.stanza_bytes = 0  # read since the stream (re)started or the last stanza ended
+        self.stanza_elements = 0  # started since then
         self.cut = False  # over a limit or not well-formed: the rest of this connection's input is ignored
 
     async def start_tls(self) -> bool:
@@ -112,7 +117,7 @@ class _Client(ClientXMPP):
         """A new parser for each connection and stream restart (STARTTLS, SASL): the counts restart."""
         super().init_parser()
         self.parser = _StanzaParser(self)
-        self.stanza_bytes, self.cut = 0, False
+        self.stanza_bytes, self.stanza_elements, self.cut = 0, 0, False
 
     def data_received(self, data: bytes | str) -> None:
         """slixmpp's, one piece of at most FEED_PIECE bytes at a time, then the byte limit.
@@ -161,11 +166,15 @@ class _StanzaParser(ET.XMLPullParser):
         try:
             for event in super().read_events():
                 if event[0] == "start":
+                    client.stanza_elements += 1
                     if client.xml_depth > client.max_depth:
                         client.over_limit(f"a stanza nested deeper than {client.max_depth} elements")
                         return
-                elif client.xml_depth == 2:  # a stanza's end tag: its bytes are slixmpp's now
-                    client.stanza_bytes = 0
+                    if client.stanza_elements > client.max_elements:
+                        client.over_limit(f"a stanza of more than {client.max_elements} elements")
+                        return
+                elif client.xml_depth == 2:  # a stanza's end tag: its bytes and elements are slixmpp's now
+                    client.stanza_bytes = client.stanza_elements = 0
                 yield event
         except ET.ParseError:
             client.cut = True  # slixmpp sends not-well-formed and disconnects; later pieces would repeat it
@@ -256,7 +265,8 @@ class AgentConnection:
 
     def _build(self) -> None:
         client = _Client(self.jid, self._password, ssl_context=self.hub.ssl_context,
-                         max_stanza_bytes=self.hub.max_stanza_bytes, max_depth=self.hub.max_depth)
+                         max_stanza_bytes=self.hub.max_stanza_bytes, max_depth=self.hub.max_depth,
+                         max_elements=self.hub.max_elements)
         client.enable_direct_tls = False
         client.enable_starttls = self._tls == "starttls"
         client.enable_plaintext = self._tls == "none"

@@ -101,6 +101,20 @@ def test_elements_nested_without_end_are_cut_at_the_depth_limit(sim: Simulator,
         assert f"nested deeper than {notify.max_depth} elements" in caplog.text
 
 
+def test_a_flat_stanza_of_many_small_elements_is_cut_at_the_element_limit(sim: Simulator,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge.finesse.notify")
+    with hub() as notify:  # the defaults: 200,000 <a/> (800 KB) fit in the byte limit and the depth limit
+        agent = Agent(sim)
+        agent.connect(notify)
+        agent.wait_state("xmpp", "connected")
+        with heap_peak() as peak:
+            flood(sim, elements=200_000)
+            reconnected(agent)
+        assert peak[0] < MARGIN, f"heap grew {peak[0]} bytes"
+        assert f"more than {notify.max_elements} elements" in caplog.text
+
+
 def dialogs_update(calls: int) -> str:
     """A Dialogs notification of ``calls`` calls, each with ten call variables and 2,000 bytes of ECC data."""
     variables = {f"callVariable{n}": f"{n:02d}" + "v" * 38 for n in range(1, 11)}
