@@ -24,13 +24,14 @@ from slixmpp.util.sasl.mechanisms import SCRAM
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from .. import logs
 from ..errors import BadCredentials, FinesseError, Timeout, Unavailable
 from .model import Update, XmlError, is_loopback, parse_update
 
 if TYPE_CHECKING:
     from .notify import NotifyHub
 
-log = logging.getLogger("bridge.finesse.notify")
+log = logs.get("bridge.finesse.notify")
 
 OnUpdate = Callable[[str, Update], None]
 OnState = Callable[[str, str], None]
