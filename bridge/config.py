@@ -41,7 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "REPLAY_BUFFER_SECONDS": 120.0,
     "MAX_MESSAGE_BYTES": 64 * 1024,
     "MAX_BATCH": 20,
-    "SEND_QUEUE_LIMIT": 1000,  # messages waiting for one socket before it is closed as too slow
+    # No longer used (WS_MAX_BUFFER_BYTES bounds a slow socket in bytes); still accepted so that older
+    # config files start.
+    "SEND_QUEUE_LIMIT": 1000,
     "WS_PING_SECONDS": 25.0,
     # permessage-deflate (bridge/ws.py, docs/performance.md): "off" (the browser's offer declined:
     # messages are a few hundred bytes), "stateless" (each message compressed on its own: no zlib
@@ -51,6 +53,13 @@ DEFAULTS: dict[str, Any] = {
     # Threads that run JSON-RPC requests (each a blocking Finesse REST call at most); sockets hold none
     "RPC_THREADS": 32,
     "MAX_SOCKETS_PER_IP": 200,
+    # A browser that does not read (bridge/wsconn.py, docs/performance.md). Bytes one socket may hold
+    # unsent in this process: a reply or event that would take it over is not written and the socket
+    # is closed with 1013 (the browser resumes from the replay buffer). Its requests are not read while
+    # more than 64 KiB wait (asyncio's high-water mark), so a socket holds about 100 KB unless events fill it.
+    "WS_MAX_BUFFER_BYTES": 4 * 1024 * 1024,
+    # A backed-up socket (over 64 KiB unsent) whose browser takes no byte for this long is closed with 1013
+    "WS_STALL_SECONDS": 10.0,
     # The bridge's address as browsers and Finesse reach it (https://bridge.example.com, or with a path
     # prefix behind a proxy). The gadgets' absolute URLs start with it; None: from each request's host.
     "PUBLIC_URL": None,
@@ -141,6 +150,8 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"DATABASE_URL: {exc}") from None
     if config["FAILOVER_POLL_SECONDS"] <= 0 or config["FAILOVER_MAX_CONCURRENT"] < 1:
         raise ConfigError("FAILOVER_POLL_SECONDS and FAILOVER_MAX_CONCURRENT: must be positive")
+    if config["WS_MAX_BUFFER_BYTES"] < 1 or config["WS_STALL_SECONDS"] <= 0:
+        raise ConfigError("WS_MAX_BUFFER_BYTES and WS_STALL_SECONDS: must be positive")
     if config["MAX_BATCH"] < 1 or config["REPLAY_BUFFER_EVENTS"] < 1:
         raise ConfigError("MAX_BATCH and REPLAY_BUFFER_EVENTS: must be at least 1")
 

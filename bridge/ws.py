@@ -100,7 +100,8 @@ def init_app(app: Flask, bridge: Any) -> None:
                 hosts.append(SocketHost(hub.loop, hub.thread, workers=config["RPC_THREADS"],
                                         ping_interval=config["WS_PING_SECONDS"],
                                         max_message_size=config["MAX_MESSAGE_BYTES"], max_batch=config["MAX_BATCH"],
-                                        queue_limit=config["SEND_QUEUE_LIMIT"], on_open=remember,
+                                        max_buffer=config["WS_MAX_BUFFER_BYTES"],
+                                        stall_seconds=config["WS_STALL_SECONDS"], on_open=remember,
                                         on_closed=forget))
                 bridge.close_hooks = [*getattr(bridge, "close_hooks", []), hosts[0].close]
             return hosts[0]
