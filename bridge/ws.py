@@ -21,14 +21,16 @@ from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, current_app, g, jsonify, request
 from flask_sock import Sock
+from wsproto.utilities import RemoteProtocolError
 
 from .wsconn import Connection, SocketHost
 
 log = logging.getLogger("bridge.ws")
 
 EXTENSIONS = "HTTP_SEC_WEBSOCKET_EXTENSIONS"
+SLOT = "cti_socket_slot"  # flask.g: the address whose per-address slot this request holds
 
 
 class _NoThread:
@@ -77,20 +79,36 @@ def init_app(app: Flask, bridge: Any) -> None:
     host_lock = threading.Lock()
     hosts: list[SocketHost] = []
 
+    # MAX_SOCKETS_PER_IP counts slots: one is taken at the check, under the lock, so that a burst of
+    # upgrades cannot all pass the check before any is counted. The request holds it until its socket
+    # is adopted (remember), then the socket does until it closes (forget); a request that ends without
+    # a socket (refused handshake, TLS, an error) gives it back when it is torn down.
+    def reserve(address: str) -> bool:
+        with per_ip_lock:
+            if per_ip[address] >= config["MAX_SOCKETS_PER_IP"]:
+                return False
+            per_ip[address] += 1
+            return True
+
+    def release(address: str) -> None:
+        with per_ip_lock:
+            per_ip[address] -= 1
+            if per_ip[address] <= 0:
+                del per_ip[address]
+
     def remember(connection: Connection) -> None:
         with per_ip_lock:
             open_connections.add(connection)
-            per_ip[connection.address] += 1
             bridge.sockets += 1
+        g.pop(SLOT, None)  # the socket holds its address's slot now (adopt runs in the upgrade request)
 
     def forget(connection: Connection) -> None:
         with per_ip_lock:
-            if connection in open_connections:
-                open_connections.discard(connection)
-                per_ip[connection.address] -= 1
-                if per_ip[connection.address] <= 0:
-                    del per_ip[connection.address]
-                bridge.sockets -= 1
+            if connection not in open_connections:
+                return
+            open_connections.discard(connection)
+            bridge.sockets -= 1
+        release(connection.address)
 
     def socket_host() -> SocketHost:
         """Made on the first socket, on the XMPP hub's loop (nothing starts at app creation)."""
@@ -126,15 +144,27 @@ def init_app(app: Flask, bridge: Any) -> None:
         if not _origin_allowed(origin, config["ALLOWED_ORIGINS"]):
             log.warning("refused a WebSocket from origin %s", origin)
             return jsonify(error=f"origin {origin} is not allowed"), 403
-        with per_ip_lock:
-            if per_ip[request.remote_addr or ""] >= config["MAX_SOCKETS_PER_IP"]:
-                return jsonify(error="too many sockets from this address"), 429
         offer = request.environ.get(EXTENSIONS)
         if offer and compression == "off":
             del request.environ[EXTENSIONS]
         elif offer and compression == "stateless":
             request.environ[EXTENSIONS] = _stateless_offer(offer)
+        address = request.remote_addr or ""
+        if not reserve(address):  # the last check: nothing after it refuses, so nothing to give back here
+            return jsonify(error="too many sockets from this address"), 429
+        setattr(g, SLOT, address)
         return None
+
+    @app.errorhandler(RemoteProtocolError)
+    def bad_handshake(exc: RemoteProtocolError) -> Any:
+        """An upgrade the WebSocket library refuses (a header missing, RFC 6455 section 4.2.1): 400."""
+        return jsonify(error=f"not a valid WebSocket upgrade: {exc}"), 400
+
+    @app.teardown_request
+    def release_unused_slot(_: BaseException | None) -> None:
+        address = g.pop(SLOT, None)
+        if address is not None:  # no socket took it: the handshake failed or the request was not one
+            release(address)
 
     sock = Sock(app)
 

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 import pytest
+import requests
 import websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
@@ -196,6 +197,66 @@ def test_a_browser_that_sends_requests_and_never_reads_stops_being_answered_and_
         assert len(replies) < 400
         assert bystander.call("agent.get")["id"] == "1001"  # the bridge serves the other sockets meanwhile
     until(lambda: bridge.sockets == 1, what="the closed socket counted off")
+
+
+def _try_upgrade(port: int, headers: str = "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+                 start: threading.Barrier | None = None) -> tuple[int, socket.socket]:
+    """An upgrade request (sent once ``start`` lets every thread go): the status code, the open socket."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if start is not None:
+        start.wait(10)
+    sock.sendall(f"GET /rpc HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}\r\n".encode())
+    head = b""
+    while b"\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return int(head.split(b" ", 2)[1]) if head else 0, sock
+
+
+@pytest.mark.bridge(MAX_SOCKETS_PER_IP=5)
+def test_a_burst_of_upgrades_gets_exactly_the_per_address_limit_and_every_slot_comes_back(stack):
+    bridge = stack.app.extensions["cti_bridge"]
+    port = stack.server.server_port
+    start = threading.Barrier(30)
+    results: list[tuple[int, socket.socket]] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        outcome = _try_upgrade(port, start=start)
+        with lock:
+            results.append(outcome)
+    threads = [threading.Thread(target=one) for _ in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    try:
+        codes = sorted(code for code, _ in results)
+        assert codes == [101] * 5 + [429] * 25
+    finally:
+        for _, sock in results:
+            sock.close()
+    until(lambda: bridge.sockets == 0, what="the closed sockets counted off")
+    # Requests that pass the check but never become a socket give their slot back: a GET that is no
+    # upgrade, a handshake the WebSocket library refuses (no key: a clear 400), a POST (405).
+    for headers in ("", "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"):
+        for _ in range(6):
+            code, sock = _try_upgrade(port, headers)
+            sock.close()
+            assert code == 400
+    for _ in range(6):
+        assert requests.post(stack.base + "/rpc", timeout=5).status_code == 405
+    # Every slot is back, and no more: five sockets again, the sixth refused.
+    again = [_try_upgrade(port) for _ in range(6)]
+    try:
+        assert [code for code, _ in again] == [101] * 5 + [429]
+    finally:
+        for _, sock in again:
+            sock.close()
+    until(lambda: bridge.sockets == 0, what="the closed sockets counted off")
 
 
 @pytest.mark.parametrize("key, value", [("WS_COMPRESSION", "gzip"), ("RPC_THREADS", 0), ("WS_MAX_BUFFER_BYTES", 0),
