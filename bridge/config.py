@@ -35,7 +35,9 @@ DEFAULTS: dict[str, Any] = {
     "FAILOVER_MAX_CONCURRENT": 50,
     "FAILOVER_SWITCH_SECONDS": 15.0,
     # Browser side
-    "ALLOWED_ORIGINS": [],  # the bridge's own origin is always allowed
+    # Page origins that may open the WebSocket; the bridge's own is allowed too: PUBLIC_URL's, or without it
+    # a loopback one (127.0.0.0/8, ::1, localhost), never whatever a request's Host header says (bridge/ws.py)
+    "ALLOWED_ORIGINS": [],
     "SESSION_GRACE_SECONDS": 120.0,
     "REPLAY_BUFFER_EVENTS": 500,
     "REPLAY_BUFFER_SECONDS": 120.0,

@@ -236,6 +236,7 @@ def test_a_burst_of_upgrades_gets_exactly_the_per_address_limit_and_every_slot_c
     try:
         codes = sorted(code for code, _ in results)
         assert codes == [101] * 5 + [429] * 25
+        until(lambda: bridge.sockets == 5, what="the five sockets adopted")
     finally:
         for _, sock in results:
             sock.close()
@@ -253,6 +254,7 @@ def test_a_burst_of_upgrades_gets_exactly_the_per_address_limit_and_every_slot_c
     again = [_try_upgrade(port) for _ in range(6)]
     try:
         assert [code for code, _ in again] == [101] * 5 + [429]
+        until(lambda: bridge.sockets == 5, what="the five sockets adopted")
     finally:
         for _, sock in again:
             sock.close()
