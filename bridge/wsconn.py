@@ -14,9 +14,9 @@ threads (they make blocking Finesse REST calls), one request at a time per socke
 What one socket may hold is bounded in bytes, not in messages (a reply may be 35 bytes or
 700 KB), so that a browser that does not read cannot grow the process (docs/performance.md):
 
-- while its transport holds more than asyncio's write high-water mark (64 KiB: the kernel's
-  buffers are full), its requests are neither read nor handed to a worker, so it produces no
-  more replies (TCP back-pressure);
+- while more than its transport's write high-water mark (asyncio's 64 KiB: the kernel's
+  buffers are full) waits unsent, in the transport or queued for the loop, its requests are
+  neither read nor handed to a worker, so it produces no more replies (TCP back-pressure);
 - a message (reply or event) that would take what it holds unsent over ``max_buffer`` bytes is
   not written: the socket is closed with 1013 (RFC 6455 section 7.4.1, "try again later"), and
   the browser resumes on a new socket from the session's replay buffer (docs/client.md);
@@ -89,13 +89,15 @@ class Connection(asyncio.Protocol):
         self._host, self._ws = host, ws
         self._transport: asyncio.Transport | None = None
         self._out: deque[str | _Close] = deque()  # in send order; drained by the loop only
+        self._queued = 0  # bytes of the messages in _out (JSON is ASCII: characters are bytes)
         self._inbox: deque[str] = deque()  # requests not yet handled (loop appends, workers take)
-        self._lock = threading.Lock()  # _inbox, _busy, _lost, _finished
+        self._lock = threading.Lock()  # _out and _queued, _inbox, _busy, _lost, _finished
         self._busy = False  # a worker is handling this socket's requests
         self._closing = False  # a close frame is queued: nothing more is sent
         self._lost = False
         self._finished = False
         self._paused_writing = False  # the transport is over its high-water mark (the loop sets it)
+        self._high_water = 64 * 1024  # the transport's, read when it is made (asyncio's default)
         self._written = 0  # bytes given to the transport, ever
         self._stalled_at = 0  # bytes the browser had taken when the stall check was last armed
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -113,10 +115,20 @@ class Connection(asyncio.Protocol):
         return self
 
     def send(self, text: str) -> bool:
-        """Queue a message for this socket; never blocks. False once the socket is closing."""
+        """Queue a message for this socket; never blocks. False once the socket is closing, or when
+        the message would take what it holds unsent over ``max_buffer`` (it is then closed with 1013)."""
         if self._closing:
             return False
-        self._out.append(text)
+        with self._lock:
+            # Counted here, not only when the loop writes: a burst from another thread (a replay, a
+            # worker's replies) must not pile up in _out where the transport's bound cannot see it.
+            over = self._queued + len(text) + self.buffered() > self._host.max_buffer
+            if not over:
+                self._queued += len(text)
+                self._out.append(text)
+        if over:
+            self._too_slow(len(text))
+            return False
         return self._host.on_loop(self._flush)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -124,8 +136,14 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         self._closing = True
-        self._out.append(_Close(code, reason))
+        with self._lock:
+            self._out.append(_Close(code, reason))
         self._host.on_loop(self._flush)
+
+    def _too_slow(self, size: int) -> None:
+        log.warning("socket %s: %d bytes unsent and a message of %d, closing it as too slow",
+                    self.id, self._queued + self.buffered(), size)
+        self.close(1013, "too slow; resume to catch up")
 
     @property
     def closing(self) -> bool:
@@ -152,6 +170,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._high_water = transport.get_write_buffer_limits()[1]
         interval = self._host.ping_interval
         if interval:  # spread over the interval, so thousands of sockets do not ping at once
             self._timer = self._host.loop.call_later(interval * random.uniform(0.5, 1.0), self._ping)
@@ -237,7 +256,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = self._closing = True
-        self._out.clear()
+        self._drop()
         if self._timer is not None:
             self._timer.cancel()
         if self._stall_timer is not None:
@@ -249,32 +268,43 @@ class Connection(asyncio.Protocol):
             self._finish()
 
     def _flush(self) -> None:
-        while self._out:
-            item = self._out.popleft()
-            if self._transport is None:  # not adopted yet: connection_made flushes
-                self._out.appendleft(item)
-                return
+        if self._transport is None:  # not adopted yet: connection_made flushes
+            return
+        while True:
+            with self._lock:
+                if not self._out:
+                    break
+                item = self._out.popleft()
+                if isinstance(item, str):
+                    self._queued -= len(item)
             if self._lost:
-                self._out.clear()
+                self._drop()
                 return
             if isinstance(item, _Close):
-                self._out.clear()
+                self._drop()
                 self._send_close(item)
                 return
             try:
                 frame = self._ws.send(TextMessage(data=item))
             except LocalProtocolError:  # the browser closed first
-                self._out.clear()
+                self._drop()
                 return
             if self.buffered() + len(frame) > self._host.max_buffer:
                 # Not written: the session's replay buffer has the events, and the browser resumes
                 # on a new socket (docs/client.md); nothing else would bound what a slow socket holds.
                 log.warning("socket %s: %d bytes unsent and a message of %d, closing it as too slow",
                             self.id, self.buffered(), len(frame))
-                self._out.clear()
+                self._drop()
                 self._send_close(_Close(1013, "too slow; resume to catch up"))
                 return
             self._write(frame)
+        if self._inbox and not self._paused_writing:
+            self._kick()  # the worker stops while its replies wait here unwritten (_work)
+
+    def _drop(self) -> None:
+        with self._lock:
+            self._out.clear()
+            self._queued = 0
 
     def _send_close(self, item: _Close) -> None:
         self._closing = True
@@ -325,8 +355,11 @@ class Connection(asyncio.Protocol):
     def _work(self) -> None:
         while True:
             with self._lock:
-                # Backed up: no more replies until the browser reads (resume_writing kicks again).
-                if self._lost or not self._inbox or self._paused_writing:
+                # Backed up (more than the transport's high-water mark unsent, counting the replies
+                # the loop has not written yet): no more replies until the browser reads; the loop
+                # kicks again (resume_writing, _flush).
+                backed_up = self._paused_writing or self._queued + self.buffered() > self._high_water
+                if self._lost or not self._inbox or backed_up:
                     self._busy = False
                     finish = self._lost
                     break
