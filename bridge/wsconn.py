@@ -89,7 +89,7 @@ class Connection(asyncio.Protocol):
         self._host, self._ws = host, ws
         self._transport: asyncio.Transport | None = None
         self._out: deque[str | _Close] = deque()  # in send order; drained by the loop only
-        self._queued = 0  # bytes of the messages in _out (JSON is ASCII: characters are bytes)
+        self._queued = 0  # characters in _out: its bytes, as json.dumps writes ASCII (_flush checks the frame)
         self._inbox: deque[str] = deque()  # requests not yet handled (loop appends, workers take)
         self._lock = threading.Lock()  # _out and _queued, _inbox, _busy, _lost, _finished
         self._busy = False  # a worker is handling this socket's requests
@@ -250,7 +250,7 @@ class Connection(asyncio.Protocol):
         if self._written - self.buffered() > self._stalled_at:  # slow, but reading: wait again
             self._arm_stall_check()
             return
-        log.warning("socket %s: the browser took nothing of %d bytes for %.0f s, closing it as too slow",
+        log.warning("socket %s: the browser took nothing of %d bytes for %g s, closing it as too slow",
                     self.id, self.buffered(), self._host.stall_seconds)
         self.close(1013, "too slow; resume to catch up")
 
