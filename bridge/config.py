@@ -54,7 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "FAILOVER_MAX_CONCURRENT": 50,
     "FAILOVER_SWITCH_SECONDS": 15.0,
     # Browser side
-    "ALLOWED_ORIGINS": [],  # the bridge's own origin is always allowed
+    # Page origins that may open the WebSocket; the bridge's own is allowed too: PUBLIC_URL's, or without it
+    # a loopback one (127.0.0.0/8, ::1, localhost), never whatever a request's Host header says (bridge/ws.py)
+    "ALLOWED_ORIGINS": [],
     "SESSION_GRACE_SECONDS": 120.0,
     "REPLAY_BUFFER_EVENTS": 500,
     "REPLAY_BUFFER_SECONDS": 120.0,
@@ -65,7 +67,9 @@ DEFAULTS: dict[str, Any] = {
     # a prefix ending in "*" ("user.crm.*"). ECC variables (user.*) belong to the routing scripts and
     # are not writable unless listed.
     "WRITABLE_VARIABLES": [f"callVariable{n}" for n in range(1, 11)],
-    "SEND_QUEUE_LIMIT": 1000,  # messages waiting for one socket before it is closed as too slow
+    # No longer used (WS_MAX_BUFFER_BYTES bounds a slow socket in bytes); still accepted so that older
+    # config files start.
+    "SEND_QUEUE_LIMIT": 1000,
     "WS_PING_SECONDS": 25.0,
     # permessage-deflate (bridge/ws.py, docs/performance.md): "off" (the browser's offer declined:
     # messages are a few hundred bytes), "stateless" (each message compressed on its own: no zlib
@@ -75,6 +79,13 @@ DEFAULTS: dict[str, Any] = {
     # Threads that run JSON-RPC requests (each a blocking Finesse REST call at most); sockets hold none
     "RPC_THREADS": 32,
     "MAX_SOCKETS_PER_IP": 200,
+    # A browser that does not read (bridge/wsconn.py, docs/performance.md). Bytes one socket may hold
+    # unsent in this process: a reply or event that would take it over is not written and the socket
+    # is closed with 1013 (the browser resumes from the replay buffer). Its requests are not read while
+    # more than 64 KiB wait (asyncio's high-water mark), so a socket holds about 100 KB unless events fill it.
+    "WS_MAX_BUFFER_BYTES": 4 * 1024 * 1024,
+    # A backed-up socket (over 64 KiB unsent) whose browser takes no byte for this long is closed with 1013
+    "WS_STALL_SECONDS": 10.0,
     # The bridge's address as browsers and Finesse reach it (https://bridge.example.com, or with a path
     # prefix behind a proxy). The gadgets' absolute URLs start with it; None: from each request's host.
     "PUBLIC_URL": None,
@@ -178,6 +189,8 @@ def _validate(config: dict[str, Any]) -> None:
     if config["XMPP_MAX_STANZA_BYTES"] < 64 * 1024 or config["XMPP_MAX_DEPTH"] < 16:
         raise ConfigError("XMPP_MAX_STANZA_BYTES and XMPP_MAX_DEPTH: at least 65536 and 16 (Finesse's own "
                           "notifications would be cut)")
+    if config["WS_MAX_BUFFER_BYTES"] < 1 or config["WS_STALL_SECONDS"] <= 0:
+        raise ConfigError("WS_MAX_BUFFER_BYTES and WS_STALL_SECONDS: must be positive")
     if config["MAX_BATCH"] < 1 or config["REPLAY_BUFFER_EVENTS"] < 1:
         raise ConfigError("MAX_BATCH and REPLAY_BUFFER_EVENTS: must be at least 1")
 

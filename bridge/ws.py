@@ -1,7 +1,8 @@
 """The WebSocket route at /rpc (the only module that imports flask-sock).
 
-The upgrade is checked before the handshake (Origin, draining, sockets per address: a refused
-page never gets a 101), flask-sock and simple-websocket answer the handshake, and the socket
+The upgrade is checked before the handshake (draining; Origin, whose own is ``PUBLIC_URL``'s or a
+loopback one, never the Host header's; a slot of ``MAX_SOCKETS_PER_IP``, taken at the check: a
+refused page never gets a 101), flask-sock and simple-websocket answer the handshake, and the socket
 then moves to the I/O loop (bridge/wsconn.py): no thread is held per socket. The handshake
 negotiates permessage-deflate as ``WS_COMPRESSION`` says (docs/performance.md):
 
@@ -14,6 +15,7 @@ negotiates permessage-deflate as ``WS_COMPRESSION`` says (docs/performance.md):
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
 import threading
@@ -21,14 +23,16 @@ from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, current_app, g, jsonify, request
 from flask_sock import Sock
+from wsproto.utilities import RemoteProtocolError
 
 from .wsconn import Connection, SocketHost
 
 log = logging.getLogger("bridge.ws")
 
 EXTENSIONS = "HTTP_SEC_WEBSOCKET_EXTENSIONS"
+SLOT = "cti_socket_slot"  # flask.g: the address whose per-address slot this request holds
 
 
 class _NoThread:
@@ -60,12 +64,57 @@ def _stateless(ws: Any) -> None:
             extension.server_no_context_takeover = True
 
 
-def _origin_allowed(origin: str | None, allowed: list[str]) -> bool:
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_tuple(url: str, with_path: bool = False) -> tuple[str, str, int] | None:
+    """Scheme, lower-case host and port (the scheme's default when absent) of a URL: the origin as
+    RFC 6454 section 4 compares them. None when it is not one (``null``, a bad port, a user name,
+    or a path unless ``with_path``: a browser's Origin never has one, PUBLIC_URL may)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if (not parts.hostname or scheme not in DEFAULT_PORTS or parts.username is not None or parts.query
+            or parts.fragment or (parts.path not in ("", "/") and not with_path)):
+        return None
+    return scheme, parts.hostname.lower(), port if port is not None else DEFAULT_PORTS[scheme]
+
+
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: names only this machine answers to (RFC 6761 section 6.3)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _own_origin(public_url: str | None) -> tuple[str, str, int] | None:
+    """The bridge's own origin: ``PUBLIC_URL``'s when set; else the request's, only on a loopback host.
+
+    Not the Host header of any request: a DNS-rebinding page (evil.example resolved to this bridge)
+    sends Host and Origin that match each other, so Host proves nothing about which page is asking
+    (RFC 6455 section 10.2: the server decides which origins it serves). A loopback host cannot be a
+    foreign page's; anywhere else PUBLIC_URL names the bridge (docs/gadgets.md) or ALLOWED_ORIGINS does.
+    """
+    if public_url:
+        return _origin_tuple(public_url, with_path=True)
+    own = _origin_tuple(f"{request.scheme}://{request.host}")
+    return own if own is not None and _is_loopback(own[1]) else None
+
+
+def _origin_allowed(origin: str | None, allowed: list[str], public_url: str | None) -> bool:
     """No Origin (a server-side client) is allowed; a browser's must be ours or listed."""
     if origin is None:
         return True
-    own = f"{urlsplit(request.host_url).scheme}://{request.host}"
-    return origin == own or origin in allowed or "*" in allowed
+    if origin in allowed or "*" in allowed:
+        return True
+    own = _own_origin(public_url)
+    return own is not None and _origin_tuple(origin) == own
 
 
 def init_app(app: Flask, bridge: Any) -> None:
@@ -77,20 +126,36 @@ def init_app(app: Flask, bridge: Any) -> None:
     host_lock = threading.Lock()
     hosts: list[SocketHost] = []
 
+    # MAX_SOCKETS_PER_IP counts slots: one is taken at the check, under the lock, so that a burst of
+    # upgrades cannot all pass the check before any is counted. The request holds it until its socket
+    # is adopted (remember), then the socket does until it closes (forget); a request that ends without
+    # a socket (refused handshake, TLS, an error) gives it back when it is torn down.
+    def reserve(address: str) -> bool:
+        with per_ip_lock:
+            if per_ip[address] >= config["MAX_SOCKETS_PER_IP"]:
+                return False
+            per_ip[address] += 1
+            return True
+
+    def release(address: str) -> None:
+        with per_ip_lock:
+            per_ip[address] -= 1
+            if per_ip[address] <= 0:
+                del per_ip[address]
+
     def remember(connection: Connection) -> None:
         with per_ip_lock:
             open_connections.add(connection)
-            per_ip[connection.address] += 1
             bridge.sockets += 1
+        g.pop(SLOT, None)  # the socket holds its address's slot now (adopt runs in the upgrade request)
 
     def forget(connection: Connection) -> None:
         with per_ip_lock:
-            if connection in open_connections:
-                open_connections.discard(connection)
-                per_ip[connection.address] -= 1
-                if per_ip[connection.address] <= 0:
-                    del per_ip[connection.address]
-                bridge.sockets -= 1
+            if connection not in open_connections:
+                return
+            open_connections.discard(connection)
+            bridge.sockets -= 1
+        release(connection.address)
 
     def socket_host() -> SocketHost:
         """Made on the first socket, on the XMPP hub's loop (nothing starts at app creation)."""
@@ -100,7 +165,8 @@ def init_app(app: Flask, bridge: Any) -> None:
                 hosts.append(SocketHost(hub.loop, hub.thread, workers=config["RPC_THREADS"],
                                         ping_interval=config["WS_PING_SECONDS"],
                                         max_message_size=config["MAX_MESSAGE_BYTES"], max_batch=config["MAX_BATCH"],
-                                        queue_limit=config["SEND_QUEUE_LIMIT"], on_open=remember,
+                                        max_buffer=config["WS_MAX_BUFFER_BYTES"],
+                                        stall_seconds=config["WS_STALL_SECONDS"], on_open=remember,
                                         on_closed=forget))
                 bridge.close_hooks = [*getattr(bridge, "close_hooks", []), hosts[0].close]
             return hosts[0]
@@ -122,18 +188,30 @@ def init_app(app: Flask, bridge: Any) -> None:
         if getattr(current_app.extensions["cti_bridge"], "draining", False):
             return jsonify(error="the bridge is shutting down; connect to another instance"), 503
         origin = request.headers.get("Origin")
-        if not _origin_allowed(origin, config["ALLOWED_ORIGINS"]):
+        if not _origin_allowed(origin, config["ALLOWED_ORIGINS"], config["PUBLIC_URL"]):
             log.warning("refused a WebSocket from origin %s", origin)
             return jsonify(error=f"origin {origin} is not allowed"), 403
-        with per_ip_lock:
-            if per_ip[request.remote_addr or ""] >= config["MAX_SOCKETS_PER_IP"]:
-                return jsonify(error="too many sockets from this address"), 429
         offer = request.environ.get(EXTENSIONS)
         if offer and compression == "off":
             del request.environ[EXTENSIONS]
         elif offer and compression == "stateless":
             request.environ[EXTENSIONS] = _stateless_offer(offer)
+        address = request.remote_addr or ""
+        if not reserve(address):  # the last check: nothing after it refuses, so nothing to give back here
+            return jsonify(error="too many sockets from this address"), 429
+        setattr(g, SLOT, address)
         return None
+
+    @app.errorhandler(RemoteProtocolError)
+    def bad_handshake(exc: RemoteProtocolError) -> Any:
+        """An upgrade the WebSocket library refuses (a header missing, RFC 6455 section 4.2.1): 400."""
+        return jsonify(error=f"not a valid WebSocket upgrade: {exc}"), 400
+
+    @app.teardown_request
+    def release_unused_slot(_: BaseException | None) -> None:
+        address = g.pop(SLOT, None)
+        if address is not None:  # no socket took it: the handshake failed or the request was not one
+            release(address)
 
     sock = Sock(app)
 

@@ -10,9 +10,20 @@ thread is held per socket: gunicorn's pool thread returns as soon as the socket 
 One writer per socket: every frame is written by the loop thread, in the order ``send`` was
 called, from whichever thread called it. JSON-RPC requests run on a small pool of worker
 threads (they make blocking Finesse REST calls), one request at a time per socket, in order.
-A socket whose browser does not read is closed with 1013 once ``queue_limit`` messages have
-been sent while its buffer was full; a socket that sends faster than its requests are answered
-is paused (TCP back-pressure) rather than queued without bound.
+
+What one socket may hold is bounded in bytes, not in messages (a reply may be 35 bytes or
+700 KB), so that a browser that does not read cannot grow the process (docs/performance.md):
+
+- while more than its transport's write high-water mark (asyncio's 64 KiB: the kernel's
+  buffers are full) waits unsent, in the transport or queued for the loop, its requests are
+  neither read nor handed to a worker, so it produces no more replies (TCP back-pressure);
+- a message (reply or event) that would take what it holds unsent over ``max_buffer`` bytes is
+  not written: the socket is closed with 1013 (RFC 6455 section 7.4.1, "try again later"), and
+  the browser resumes on a new socket from the session's replay buffer (docs/client.md);
+- a socket whose browser takes no byte for ``stall_seconds`` while it is backed up is closed
+  with 1013 as well, so that a socket that only sends requests does not hold its bytes forever;
+- a socket that sends faster than its requests are answered is paused after ``INBOX_LIMIT``
+  waiting requests.
 """
 from __future__ import annotations
 
@@ -78,14 +89,18 @@ class Connection(asyncio.Protocol):
         self._host, self._ws = host, ws
         self._transport: asyncio.Transport | None = None
         self._out: deque[str | _Close] = deque()  # in send order; drained by the loop only
+        self._queued = 0  # characters in _out: its bytes, as json.dumps writes ASCII (_flush checks the frame)
         self._inbox: deque[str] = deque()  # requests not yet handled (loop appends, workers take)
-        self._lock = threading.Lock()  # _inbox, _busy, _lost, _finished
+        self._lock = threading.Lock()  # _out and _queued, _inbox, _busy, _lost, _finished
         self._busy = False  # a worker is handling this socket's requests
         self._closing = False  # a close frame is queued: nothing more is sent
         self._lost = False
         self._finished = False
-        self._paused_writing = False
-        self._sent_while_paused = 0
+        self._paused_writing = False  # the transport is over its high-water mark (the loop sets it)
+        self._high_water = 64 * 1024  # the transport's, read when it is made (asyncio's default)
+        self._written = 0  # bytes given to the transport, ever
+        self._stalled_at = 0  # bytes the browser had taken when the stall check was last armed
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
         self._message: list[str] = []
         self._message_len = 0
@@ -100,10 +115,20 @@ class Connection(asyncio.Protocol):
         return self
 
     def send(self, text: str) -> bool:
-        """Queue a message for this socket; never blocks. False once the socket is closing."""
+        """Queue a message for this socket; never blocks. False once the socket is closing, or when
+        the message would take what it holds unsent over ``max_buffer`` (it is then closed with 1013)."""
         if self._closing:
             return False
-        self._out.append(text)
+        with self._lock:
+            # Counted here, not only when the loop writes: a burst from another thread (a replay, a
+            # worker's replies) must not pile up in _out where the transport's bound cannot see it.
+            over = self._queued + len(text) + self.buffered() > self._host.max_buffer
+            if not over:
+                self._queued += len(text)
+                self._out.append(text)
+        if over:
+            self._too_slow(len(text))
+            return False
         return self._host.on_loop(self._flush)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -111,8 +136,24 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         self._closing = True
-        self._out.append(_Close(code, reason))
+        with self._lock:
+            self._out.append(_Close(code, reason))
         self._host.on_loop(self._flush)
+
+    def _too_slow(self, size: int) -> None:
+        log.warning("socket %s: %d bytes unsent and a message of %d, closing it as too slow",
+                    self.id, self._queued + self.buffered(), size)
+        self.close(1013, "too slow; resume to catch up")
+
+    @property
+    def closing(self) -> bool:
+        """True once a close frame is queued (by either side) or the connection is gone."""
+        return self._closing
+
+    def buffered(self) -> int:
+        """Bytes written to this socket that the browser has not taken yet (held by this process)."""
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
 
     def after_reply(self, fn: Callable[[], None]) -> None:
         self._after.append(fn)
@@ -129,6 +170,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._high_water = transport.get_write_buffer_limits()[1]
         interval = self._host.ping_interval
         if interval:  # spread over the interval, so thousands of sockets do not ping at once
             self._timer = self._host.loop.call_later(interval * random.uniform(0.5, 1.0), self._ping)
@@ -177,23 +219,48 @@ class Connection(asyncio.Protocol):
             with self._lock:
                 self._inbox.append(text)
                 full = len(self._inbox) >= INBOX_LIMIT
-            if full and not self._reading_paused and self._transport is not None:
-                self._reading_paused = True
-                self._transport.pause_reading()
+            if full:
+                self._pause_reading()
         return True
 
     def pause_writing(self) -> None:
+        """The transport holds more than its high-water mark: no more requests until the browser reads."""
         self._paused_writing = True
+        self._pause_reading()
+        self._arm_stall_check()
 
     def resume_writing(self) -> None:
+        """The browser caught up (the transport is under its low-water mark): read and answer again."""
         self._paused_writing = False
-        self._sent_while_paused = 0
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._resume_reading()
+        self._kick()
+
+    def _arm_stall_check(self) -> None:
+        self._stalled_at = self._written - self.buffered()
+        self._stall_timer = self._host.loop.call_later(self._host.stall_seconds, self._check_stall)
+
+    def _check_stall(self) -> None:
+        """Still backed up: close with 1013 if the browser took nothing since the last check."""
+        self._stall_timer = None
+        if not self._paused_writing or self._closing:
+            return
+        if self._written - self.buffered() > self._stalled_at:  # slow, but reading: wait again
+            self._arm_stall_check()
+            return
+        log.warning("socket %s: the browser took nothing of %d bytes for %g s, closing it as too slow",
+                    self.id, self.buffered(), self._host.stall_seconds)
+        self.close(1013, "too slow; resume to catch up")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = self._closing = True
-        self._out.clear()
+        self._drop()
         if self._timer is not None:
             self._timer.cancel()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
         with self._lock:
             self._inbox.clear()
             idle = not self._busy
@@ -201,31 +268,43 @@ class Connection(asyncio.Protocol):
             self._finish()
 
     def _flush(self) -> None:
-        while self._out:
-            item = self._out.popleft()
-            if self._transport is None:  # not adopted yet: connection_made flushes
-                self._out.appendleft(item)
-                return
+        if self._transport is None:  # not adopted yet: connection_made flushes
+            return
+        while True:
+            with self._lock:
+                if not self._out:
+                    break
+                item = self._out.popleft()
+                if isinstance(item, str):
+                    self._queued -= len(item)
             if self._lost:
-                self._out.clear()
+                self._drop()
                 return
             if isinstance(item, _Close):
-                self._out.clear()
+                self._drop()
                 self._send_close(item)
                 return
-            if self._paused_writing:
-                self._sent_while_paused += 1
-                if self._sent_while_paused > self._host.queue_limit:
-                    log.warning("socket %s: %d messages sent to a full socket, closing it as too slow",
-                                self.id, self._host.queue_limit)
-                    self._out.clear()
-                    self._send_close(_Close(1013, "too slow; resume to catch up"))
-                    return
             try:
-                self._write(self._ws.send(TextMessage(data=item)))
+                frame = self._ws.send(TextMessage(data=item))
             except LocalProtocolError:  # the browser closed first
-                self._out.clear()
+                self._drop()
                 return
+            if self.buffered() + len(frame) > self._host.max_buffer:
+                # Not written: the session's replay buffer has the events, and the browser resumes
+                # on a new socket (docs/client.md); nothing else would bound what a slow socket holds.
+                log.warning("socket %s: %d bytes unsent and a message of %d, closing it as too slow",
+                            self.id, self.buffered(), len(frame))
+                self._drop()
+                self._send_close(_Close(1013, "too slow; resume to catch up"))
+                return
+            self._write(frame)
+        if self._inbox and not self._paused_writing:
+            self._kick()  # the worker stops while its replies wait here unwritten (_work)
+
+    def _drop(self) -> None:
+        with self._lock:
+            self._out.clear()
+            self._queued = 0
 
     def _send_close(self, item: _Close) -> None:
         self._closing = True
@@ -239,6 +318,7 @@ class Connection(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and data and not self._transport.is_closing():
+            self._written += len(data)
             self._transport.write(data)
 
     def _abort(self) -> None:
@@ -249,7 +329,7 @@ class Connection(asyncio.Protocol):
     def _ping(self) -> None:
         if self._lost or self._closing:
             return
-        if not self._alive:
+        if not self._alive and not self._reading_paused:  # paused: its pong waits unread (the stall check)
             self.close(1008, "Ping/Pong timeout")
             return
         self._alive = False
@@ -263,7 +343,7 @@ class Connection(asyncio.Protocol):
 
     def _kick(self) -> None:
         with self._lock:
-            if self._busy or not self._inbox or self._lost:
+            if self._busy or not self._inbox or self._lost or self._paused_writing:
                 return
             self._busy = True
         try:
@@ -275,7 +355,11 @@ class Connection(asyncio.Protocol):
     def _work(self) -> None:
         while True:
             with self._lock:
-                if self._lost or not self._inbox:
+                # Backed up (more than the transport's high-water mark unsent, counting the replies
+                # the loop has not written yet): no more replies until the browser reads; the loop
+                # kicks again (resume_writing, _flush).
+                backed_up = self._paused_writing or self._queued + self.buffered() > self._high_water
+                if self._lost or not self._inbox or backed_up:
                     self._busy = False
                     finish = self._lost
                     break
@@ -293,8 +377,17 @@ class Connection(asyncio.Protocol):
         if finish:
             self._finish()
 
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None and not self._lost:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
     def _resume_reading(self) -> None:
-        if self._reading_paused and self._transport is not None and not self._lost:
+        """Read again once neither the requests waiting nor the bytes unsent hold it back (the loop)."""
+        with self._lock:
+            backlog = len(self._inbox)
+        if (self._reading_paused and not self._paused_writing and backlog < INBOX_LIMIT // 2
+                and self._transport is not None and not self._lost):
             self._reading_paused = False
             self._transport.resume_reading()
 
@@ -315,11 +408,13 @@ class SocketHost:
     """Every adopted socket of this process, on one event loop, with the request workers."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, loop_thread: threading.Thread, *, workers: int,
-                 ping_interval: float | None, max_message_size: int, max_batch: int, queue_limit: int,
-                 on_open: Callable[[Connection], None], on_closed: Callable[[Connection], None]) -> None:
+                 ping_interval: float | None, max_message_size: int, max_batch: int, max_buffer: int,
+                 stall_seconds: float, on_open: Callable[[Connection], None],
+                 on_closed: Callable[[Connection], None]) -> None:
         self.loop, self._thread = loop, loop_thread
         self.ping_interval = ping_interval or None
-        self.max_message_size, self.max_batch, self.queue_limit = max_message_size, max_batch, queue_limit
+        self.max_message_size, self.max_batch = max_message_size, max_batch
+        self.max_buffer, self.stall_seconds = max_buffer, stall_seconds
         self.workers = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="rpc")
         self._on_open, self._on_closed = on_open, on_closed
 

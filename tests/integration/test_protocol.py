@@ -25,6 +25,7 @@ from app import create_app
 from bridge import protocol, rpc
 from bridge.client import CtiClient, RpcError
 from bridge.config import ConfigError
+from tests.waiting import until
 
 from .conftest import PASSWORD, Stack
 
@@ -227,14 +228,17 @@ def test_an_agent_can_neither_see_nor_act_on_another_agents_call(stack):
 
 # -- Origin --------------------------------------------------------------------------------------------
 
-def upgrade(stack: Stack, origin: str | None) -> tuple[str, bytes]:
-    """A raw WebSocket upgrade request: the status line and whatever body came with it."""
+def upgrade(stack: Stack, origin: str | None, host: str | None = None,
+            keep: list[socket.socket] | None = None) -> tuple[str, bytes]:
+    """A raw WebSocket upgrade request (to 127.0.0.1, ``host`` in its Host header): the status line and
+    whatever body came with it. A socket that got its 101 goes to ``keep`` when given, else is closed."""
     port = stack.server.server_port
-    lines = [f"GET /rpc HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
+    lines = [f"GET /rpc HTTP/1.1", f"Host: {host or f'127.0.0.1:{port}'}", "Upgrade: websocket", "Connection: Upgrade",
              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]
     if origin is not None:
         lines.append(f"Origin: {origin}")
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         data = b""
         while b"\r\n\r\n" not in data:
@@ -251,6 +255,12 @@ def upgrade(stack: Stack, origin: str | None) -> tuple[str, bytes]:
                 if not chunk:
                     break
                 body += chunk
+        if keep is not None and status.split()[1] == "101":
+            keep.append(sock)
+            sock = None
+    finally:
+        if sock is not None:
+            sock.close()
     return status, body
 
 
@@ -278,6 +288,58 @@ def test_own_allowed_and_absent_origins_are_accepted(stack):
         assert json.loads(ws.recv())["id"] == 1
     finally:
         ws.close()
+
+
+def _close_all(stack: Stack, accepted: list[socket.socket]) -> None:
+    """Close the accepted sockets once the bridge has them all, and wait until it counts them off."""
+    def sockets() -> int:
+        return int(requests.get(stack.base + "/healthz", timeout=5).json()["sockets"])
+    until(lambda: sockets() == len(accepted), what="the accepted sockets adopted")
+    for sock in accepted:
+        sock.close()
+    until(lambda: sockets() == 0, what="the accepted sockets closed")
+
+
+def test_a_rebinding_page_is_refused_and_only_loopback_hosts_are_the_bridges_own_origin(stack):
+    port = stack.server.server_port
+    accepted: list[socket.socket] = []
+    # A DNS-rebinding page: evil.example resolves to this bridge, so its Host and Origin agree.
+    for host in (f"evil.example:{port}", f"10.0.0.5:{port}", f"localhost.evil.example:{port}"):
+        status, body = upgrade(stack, f"http://{host}", host=host)
+        assert status.split()[1] == "403", (host, status)
+        assert host in json.loads(body)["error"]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"127.0.0.2:{port}", f"[::1]:{port}"):
+        status, _ = upgrade(stack, f"http://{host.lower()}", host=host, keep=accepted)
+        assert status.split()[1] == "101", (host, status)
+    # Own means the same origin: another port or scheme on loopback is some other page.
+    for origin in (f"http://localhost:{port + 1}", f"https://127.0.0.1:{port}", f"http://127.0.0.1:{port}/x"):
+        assert upgrade(stack, origin)[0].split()[1] == "403", origin
+    _close_all(stack, accepted)
+
+
+@pytest.mark.bridge(PUBLIC_URL="https://Bridge.example.com:8443/cti/")
+def test_with_public_url_only_its_origin_is_the_bridges_own(stack):
+    port = stack.server.server_port
+    accepted: list[socket.socket] = []
+    for host in ("bridge.example.com:8443", f"127.0.0.1:{port}"):  # what a proxy in front passes on
+        status, _ = upgrade(stack, "https://bridge.example.com:8443", host=host, keep=accepted)
+        assert status.split()[1] == "101", (host, status)
+    for origin, host in ((f"http://127.0.0.1:{port}", f"127.0.0.1:{port}"),  # loopback is not its own now
+                         ("http://bridge.example.com:8443", "bridge.example.com:8443"),  # not https
+                         ("https://bridge.example.com", "bridge.example.com"),  # not its port
+                         ("https://evil.example:8443", "evil.example:8443")):
+        status, _ = upgrade(stack, origin, host=host)
+        assert status.split()[1] == "403", (origin, status)
+    assert upgrade(stack, "http://crm.example.test", keep=accepted)[0].split()[1] == "101"  # ALLOWED_ORIGINS as before
+    _close_all(stack, accepted)
+
+
+@pytest.mark.bridge(PUBLIC_URL="https://bridge.example.com")
+def test_a_public_url_without_a_port_is_its_schemes_default(stack):
+    accepted: list[socket.socket] = []
+    assert upgrade(stack, "https://bridge.example.com", host="bridge.example.com", keep=accepted)[0].split()[1] == "101"
+    assert upgrade(stack, "https://bridge.example.com:8443", host="bridge.example.com")[0].split()[1] == "403"
+    _close_all(stack, accepted)
 
 
 # -- size limits ----------------------------------------------------------------------------------------
