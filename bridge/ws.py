@@ -16,7 +16,6 @@ negotiates permessage-deflate as ``WS_COMPRESSION`` says (docs/performance.md):
 from __future__ import annotations
 
 import ipaddress
-import logging
 import ssl
 import threading
 from collections import Counter
@@ -27,9 +26,10 @@ from flask import Flask, current_app, g, jsonify, request
 from flask_sock import Sock
 from wsproto.utilities import RemoteProtocolError
 
+from . import logs
 from .wsconn import Connection, SocketHost
 
-log = logging.getLogger("bridge.ws")
+log = logs.get("bridge.ws")
 
 EXTENSIONS = "HTTP_SEC_WEBSOCKET_EXTENSIONS"
 SLOT = "cti_socket_slot"  # flask.g: the address whose per-address slot this request holds

@@ -28,7 +28,6 @@ What one socket may hold is bounded in bytes, not in messages (a reply may be 35
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import random
 import secrets
@@ -43,13 +42,16 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError
 
-from . import rpc
+from . import logs, rpc
 from .sessions import AgentSession
 
-log = logging.getLogger("bridge.ws")
+log = logs.get("bridge.ws")
 
 INBOX_LIMIT = 8  # requests waiting for one socket before it is paused (its TCP window then fills)
 CLOSE_WAIT = 5.0  # seconds for the browser to answer our close frame before the TCP connection is cut
+
+
+PROTOCOL_ERRORS = {1002: "protocol error", 1007: "a text message that is not UTF-8", 1009: "Message is too big"}
 
 
 class _Close:
@@ -196,6 +198,11 @@ class Connection(asyncio.Protocol):
                 self._closing = True
                 if self._ws.state is ConnectionState.REMOTE_CLOSING:
                     self._write(self._ws.send(event.response()))
+                elif self._ws.state is ConnectionState.OPEN:
+                    # Not the browser's close: wsproto refused a frame (RFC 6455 7.4.1: 1007 for a text
+                    # message that is not UTF-8, 1002 for a broken frame). Say why before hanging up.
+                    reason = PROTOCOL_ERRORS.get(event.code, "protocol error")
+                    self._write(self._ws.send(CloseConnection(event.code, reason)))
                 if self._transport is not None:
                     self._transport.close()
                 return

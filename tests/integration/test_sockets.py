@@ -268,3 +268,16 @@ def test_socket_settings_are_checked_at_start(key, value):
     with pytest.raises(bridge_config.ConfigError, match=key):
         bridge_config.load({key: value, "FINESSE_NODES": [{"url": "http://127.0.0.1:1"}]}, file="/dev/null",
                            environ={})
+
+
+@pytest.mark.parametrize("frame, code", [
+    (b"\x81\x82" + b"\x00" * 4 + b"\xff\xfe", 1007),  # a text frame that is not UTF-8
+    (b"\x83\x80" + b"\x00" * 4, 1002),  # opcode 3: reserved
+])
+def test_a_broken_frame_gets_a_close_frame_saying_why_and_the_bridge_serves_on(stack, frame, code):
+    sock, ws = _raw_client(stack)
+    with sock:
+        sock.sendall(frame)  # masked with a zero key: the payload as is
+        replies, closed = _read(sock, ws)
+    assert (replies, closed) == ([], code)
+    assert stack.agent("1001").call("agent.get")["id"] == "1001"
