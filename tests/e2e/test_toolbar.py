@@ -54,6 +54,7 @@ def severe_console(crm: Crm) -> list[str]:
     return [e["message"] for e in crm.driver.get_log("browser") if e.get("level") == "SEVERE"]
 
 
+@pytest.mark.bridge(SIGNIN_BACKOFF_SECONDS=0.0)  # the right password at once after the wrong one
 def test_sign_in_through_the_form_then_go_ready(crm: Crm) -> None:
     crm.open()
     assert crm.driver.find_element(By.ID, "sim-console").get_attribute("href") == crm.stack.sim_base + "/sim"
@@ -62,6 +63,7 @@ def test_sign_in_through_the_form_then_go_ready(crm: Crm) -> None:
     crm.submit_login(password="not-the-password")
     error = crm.need('[data-cti="login-error"]', "the sign-in error")
     crm.wait(lambda: error.text.strip(), "a message in the sign-in error")
+    assert error.text.strip() == "Finesse refused the agent ID or password."
     assert crm.sim_agent()["state"] == "LOGOUT"
 
     crm.sign_in()
@@ -75,6 +77,16 @@ def test_sign_in_through_the_form_then_go_ready(crm: Crm) -> None:
     assert crm.shadow('[data-cti="state-timer"]') is not None
     assert crm.shadow('[data-cti="connection"]').get_attribute("data-state") == "connected"
     assert severe_console(crm) == []
+
+
+def test_repeated_wrong_passwords_say_how_long_to_wait(crm: Crm) -> None:
+    crm.open()
+    crm.submit_login(password="not-the-password")
+    error = crm.need('[data-cti="login-error"]', "the sign-in error")
+    crm.wait(lambda: error.text.strip() == "Finesse refused the agent ID or password.", "the first refusal")
+    crm.submit_login(password="still-not-it")  # within the back-off: the bridge answers, not Finesse
+    crm.wait(lambda: error.text.strip().startswith("Too many failed sign-ins; try again in "), "the wait, in words")
+    assert crm.sim_agent()["state"] == "LOGOUT" and not crm.stack.sim_state()["agents"][0]["locked"]
 
 
 @pytest.mark.bridge(SCREENPOP=SCREENPOP)
