@@ -404,6 +404,9 @@ async def case_burst(port: int, burst: int, limit: int, already_open: int) -> tu
     return held + already_open, collections.Counter(statuses)
 
 
+STALL_SECONDS = 10.0  # the bridge's WS_STALL_SECONDS default (bridge/config.py)
+
+
 async def case_discover(port: int, messages: int, pid: int) -> tuple[float, float, str, int]:
     """Case 2: (RSS before, peak RSS in MB, how the socket ended, messages the bridge took)."""
     ws = Ws(port, "no-reader")
@@ -423,7 +426,9 @@ async def case_discover(port: int, messages: int, pid: int) -> tuple[float, floa
         ended = "the bridge stopped reading it (back-pressure)"
     except (ConnectionError, OSError) as exc:
         ended = f"cut by the bridge while sending ({type(exc).__name__})"
-    for _ in range(20):  # what the worker still holds for it, for 2 s
+    # Still not reading, past the bridge's WS_STALL_SECONDS: a socket that takes no byte for that long is
+    # closed with 1013 (docs/security.md); one that reads again in time is served on, as it should be.
+    for _ in range(int((STALL_SECONDS + 2) * 10)):  # and what the worker holds for it meanwhile
         peak = max(peak, rss_kb(pid) / 1024)
         await asyncio.sleep(0.1)
     # Now read what was sent to it, for at most 10 s, to see whether a close frame was among it.

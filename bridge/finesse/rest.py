@@ -275,7 +275,9 @@ class FinesseRest:
         if token:
             session.headers["Authorization"] = f"Bearer {token}"
         else:
-            session.auth = (user, password)
+            # UTF-8, as RFC 7617 section 2.1 lets a server ask (requests would send Latin-1, and
+            # fail on any character beyond it)
+            session.auth = (user.encode("utf-8"), password.encode("utf-8"))
         adapter = nodes.adapter(ca_bundle)
         session.mount("https://", adapter)
         session.mount("http://", adapter)

@@ -175,3 +175,22 @@ def test_an_agent_has_at_most_so_many_sockets(stack):
     session = stack.app.extensions["cti_bridge"].registry.get("1001")
     until(lambda: len(session.sockets) == 2, timeout=5)
     assert stack.client().resume(token, tabs[0].last_seq)["resumeToken"]
+
+
+@pytest.mark.bridge(SIGNIN_BACKOFF_SECONDS=0.0, SIGNIN_MAX_FAILURES_PER_AGENT=10)
+@pytest.mark.parametrize("agent_id, password", [("1001", "пароль-\u2028"), ("\u2028é", "pw"), ("1002", "mot de passé")])
+def test_credentials_beyond_latin_1_are_finesses_to_refuse_not_an_internal_error(stack, agent_id, password):
+    assert _guess(stack.client(), agent_id, password).code == 4010  # Basic auth in UTF-8 (RFC 7617)
+
+
+def test_a_token_outside_rfc_6750s_characters_is_invalid_params(stack, finesse_checks):
+    with pytest.raises(RpcError) as refused:
+        stack.client().request("session.login", {"agentId": "1001", "token": "tök én", "extension": "71001"})
+    assert refused.value.code == -32602 and finesse_checks == []
+
+
+@pytest.mark.sim(password="pässwörd-пароль")
+def test_a_password_beyond_latin_1_signs_in(stack):
+    client = stack.client()
+    assert client.login("1001", "pässwörd-пароль", "71001")["agent"]["id"] == "1001"
+    assert client.call("agent.reasonCodes", category="NOT_READY")  # REST as that agent works too
