@@ -17,6 +17,7 @@ from xml.etree.ElementTree import Element
 import requests
 import requests.adapters
 import requests.utils
+from requests.auth import HTTPBasicAuth
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
 
 from .. import logs
@@ -277,7 +278,7 @@ class FinesseRest:
         else:
             # UTF-8, as RFC 7617 section 2.1 lets a server ask (requests would send Latin-1, and
             # fail on any character beyond it)
-            session.auth = (user.encode("utf-8"), password.encode("utf-8"))
+            session.auth = HTTPBasicAuth(user.encode("utf-8"), password.encode("utf-8"))
         adapter = nodes.adapter(ca_bundle)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
