@@ -107,6 +107,7 @@ class Connection(asyncio.Protocol):
         self._message: list[str] = []
         self._message_len = 0
         self._alive = True  # anything received since the last ping
+        self._eof = False  # our side of the TCP connection is shut: nothing more may be written
         self._timer: asyncio.TimerHandle | None = None
         self._after: list[Callable[[], None]] = []
 
@@ -184,7 +185,8 @@ class Connection(asyncio.Protocol):
             self._ws.receive_data(data)
             events = list(self._ws.events())
         except LocalProtocolError:
-            self._abort()
+            if not self._closing:  # after our close frame, whatever else arrives is ignored
+                self._abort()
             return
         for event in events:
             if isinstance(event, (TextMessage, BytesMessage)):
@@ -200,9 +202,17 @@ class Connection(asyncio.Protocol):
                     self._write(self._ws.send(event.response()))
                 elif self._ws.state is ConnectionState.OPEN:
                     # Not the browser's close: wsproto refused a frame (RFC 6455 7.4.1: 1007 for a text
-                    # message that is not UTF-8, 1002 for a broken frame). Say why before hanging up.
-                    reason = PROTOCOL_ERRORS.get(event.code, "protocol error")
-                    self._write(self._ws.send(CloseConnection(event.code, reason)))
+                    # message that is not UTF-8, 1002 for a broken frame), and the rest of the stream
+                    # cannot be parsed. Say why, stop reading, and end our side once that is sent; the
+                    # connection is cut after CLOSE_WAIT. Closing at once, with the browser's next
+                    # frames unread, would reset the connection and lose the close frame on its way.
+                    self._send_close(_Close(event.code, PROTOCOL_ERRORS.get(event.code, "protocol error")))
+                    if self._transport is not None and not self._transport.is_closing():
+                        self._transport.pause_reading()
+                        if self._transport.can_write_eof():
+                            self._transport.write_eof()
+                            self._eof = True
+                    return
                 if self._transport is not None:
                     self._transport.close()
                 return
@@ -324,7 +334,7 @@ class Connection(asyncio.Protocol):
             self._host.loop.call_later(CLOSE_WAIT, transport.abort)
 
     def _write(self, data: bytes) -> None:
-        if self._transport is not None and data and not self._transport.is_closing():
+        if self._transport is not None and data and not self._transport.is_closing() and not self._eof:
             self._written += len(data)
             self._transport.write(data)
 

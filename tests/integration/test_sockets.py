@@ -276,8 +276,10 @@ def test_socket_settings_are_checked_at_start(key, value):
 ])
 def test_a_broken_frame_gets_a_close_frame_saying_why_and_the_bridge_serves_on(stack, frame, code):
     sock, ws = _raw_client(stack)
+    ping = json.dumps({"jsonrpc": "2.0", "method": "session.ping", "id": 1}).encode()
+    more = (b"\x81" + bytes([0x80 | len(ping)]) + b"\x00" * 4 + ping) * 200  # frames the bridge will not read
     with sock:
-        sock.sendall(frame)  # masked with a zero key: the payload as is
+        sock.sendall(frame + more)  # masked with a zero key: the payload as is
         replies, closed = _read(sock, ws)
     assert (replies, closed) == ([], code)
     assert stack.agent("1001").call("agent.get")["id"] == "1001"
