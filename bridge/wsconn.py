@@ -108,6 +108,7 @@ class Connection(asyncio.Protocol):
         self._message_len = 0
         self._alive = True  # anything received since the last ping
         self._eof = False  # our side of the TCP connection is shut: nothing more may be written
+        self._discard = False  # the stream broke: what still arrives is read and dropped
         self._timer: asyncio.TimerHandle | None = None
         self._after: list[Callable[[], None]] = []
 
@@ -180,6 +181,8 @@ class Connection(asyncio.Protocol):
         self._flush()  # a close queued before the loop took the socket (drain)
 
     def data_received(self, data: bytes) -> None:
+        if self._discard:
+            return
         self._alive = True
         try:
             self._ws.receive_data(data)
@@ -203,15 +206,16 @@ class Connection(asyncio.Protocol):
                 elif self._ws.state is ConnectionState.OPEN:
                     # Not the browser's close: wsproto refused a frame (RFC 6455 7.4.1: 1007 for a text
                     # message that is not UTF-8, 1002 for a broken frame), and the rest of the stream
-                    # cannot be parsed. Say why, stop reading, and end our side once that is sent; the
-                    # connection is cut after CLOSE_WAIT. Closing at once, with the browser's next
-                    # frames unread, would reset the connection and lose the close frame on its way.
+                    # cannot be parsed. Say why, end our side once that is sent, and read on without
+                    # parsing until the browser ends its side (or CLOSE_WAIT cuts it). Closing at once,
+                    # with the browser's next frames unread, would reset the connection and lose the
+                    # close frame on its way.
                     self._send_close(_Close(event.code, PROTOCOL_ERRORS.get(event.code, "protocol error")))
-                    if self._transport is not None and not self._transport.is_closing():
-                        self._transport.pause_reading()
-                        if self._transport.can_write_eof():
-                            self._transport.write_eof()
-                            self._eof = True
+                    self._discard = True
+                    if self._transport is not None and not self._transport.is_closing() \
+                            and self._transport.can_write_eof():
+                        self._transport.write_eof()
+                        self._eof = True
                     return
                 if self._transport is not None:
                     self._transport.close()
