@@ -73,6 +73,11 @@ class _Bridge:
     def __init__(self) -> None:
         self.metrics = Metrics(lambda: {})
 
+    @staticmethod
+    def writable_variable(name: str) -> bool:
+        """WRITABLE_VARIABLES of a deployment that lets the CRM write user.case (docs/security.md)."""
+        return name.startswith("callVariable") or name == "user.case"
+
 
 class _Connection:
     """What ``ws.Connection`` gives ``handle``."""
@@ -80,6 +85,7 @@ class _Connection:
     def __init__(self) -> None:
         self.bridge = _Bridge()
         self.session: Any = _Session()
+        self.address = "127.0.0.1"
 
     @property
     def socket(self) -> "_Connection":

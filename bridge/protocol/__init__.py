@@ -194,6 +194,10 @@ def _keyword(key: str, value: Any, doc: dict[str, Any], depth: int) -> Check | N
         bound = value
         return (lambda v: not _is_number(v) or not v < bound) if key == "minimum" else \
             (lambda v: not _is_number(v) or not v > bound)
+    if key in ("minProperties", "maxProperties") and isinstance(value, int) and not isinstance(value, bool):
+        count = value
+        return (lambda v: not isinstance(v, dict) or len(v) >= count) if key == "minProperties" else \
+            (lambda v: not isinstance(v, dict) or len(v) <= count)
     if key == "required" and isinstance(value, list) and all(isinstance(n, str) for n in value):
         names = list(value)
         return lambda v: not isinstance(v, dict) or all(name in v for name in names)

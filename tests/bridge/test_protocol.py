@@ -417,3 +417,17 @@ def test_identifiers_past_their_maximum_are_refused(method: str, name: str, leng
 def test_call_ids_are_letters_digits_and_a_few_marks(call_id: str) -> None:
     with pytest.raises(jsonschema.ValidationError):
         protocol.validate_params("call.answer", {"callId": call_id})
+
+
+def test_every_methods_params_take_the_fast_path() -> None:
+    """A keyword the fast path does not know sends every call of that method through jsonschema (about
+    five times slower, docs/performance.md): the document uses none."""
+    assert set(protocol._validators().fast_params) == protocol.method_names()
+
+
+def test_at_most_64_variables() -> None:
+    many = {f"user.v{n}": "x" for n in range(65)}
+    with pytest.raises(jsonschema.ValidationError, match="too many properties"):
+        protocol.validate_params("call.make", {"to": "1", "variables": many})
+    many.pop("user.v0")
+    protocol.validate_params("call.make", {"to": "1", "variables": many})
