@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 from . import logs
 from .calls import start_key
 from .profiles import FieldError, digits_of, number_param, tail_of
-from .store import Store, Tx, drop_unique, register_schema, table_columns
+from .store import Store, Tx, register_schema, table_columns, widen_unique
 
 log = logs.get("bridge.records")
 
@@ -57,16 +57,8 @@ def _upgrade(tx: Tx) -> None:
     columns = table_columns(tx, "call_records")
     if not columns or "started_at" in columns:
         return
-    if tx.dialect == "sqlite":  # SQLite cannot drop a table's UNIQUE: a new table, the rows copied over
-        tx.execute(_TABLE.format(name="call_records_new"))
-        tx.execute(f"INSERT INTO call_records_new ({_COLUMNS}) SELECT id, agent_id, call_id, '', ended_at, "
-                   "from_tail, to_tail, body FROM call_records")
-        tx.execute("DROP TABLE call_records")  # its indexes go with it; _DDL makes them again
-        tx.execute("ALTER TABLE call_records_new RENAME TO call_records")
-    else:
-        tx.execute("ALTER TABLE call_records ADD COLUMN started_at TEXT NOT NULL DEFAULT ''")
-        drop_unique(tx, "call_records", "agent_id, call_id")
-        tx.execute("ALTER TABLE call_records ADD UNIQUE (agent_id, call_id, started_at)")
+    widen_unique(tx, "call_records", "agent_id, call_id", "started_at", _TABLE,
+                 "id, agent_id, call_id, ended_at, from_tail, to_tail, body")
     for row in tx.query("SELECT id, body FROM call_records"):
         try:
             started = start_key(json.loads(row["body"]).get("startedAt"))

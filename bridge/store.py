@@ -85,15 +85,27 @@ def table_columns(tx: Tx, table: str) -> list[str]:
         "ORDER BY attnum", (table,))]
 
 
-def drop_unique(tx: Tx, table: str, columns: str) -> None:
-    """PostgreSQL: drop ``table``'s UNIQUE constraint on exactly ``columns`` ("a, b"), whatever
-    its name; nothing if there is none. (SQLite cannot: an ``upgrade`` copies the table instead.)"""
+def widen_unique(tx: Tx, table: str, key: str, column: str, sqlite_table: str, copied: str) -> None:
+    """For an ``upgrade`` step: give ``table`` a ``column TEXT NOT NULL DEFAULT ''`` and make its
+    UNIQUE key on ``key`` ("a, b") one on ``key`` and ``column``; every row is kept, with its id.
+
+    PostgreSQL adds the column and swaps the constraint (found by its definition, whatever its
+    name). SQLite cannot drop a UNIQUE: ``sqlite_table`` (CREATE TABLE with ``{name}``, already
+    widened) is made beside it, the ``copied`` columns move over, and it takes the table's name;
+    the indexes go with the old table, and the schema's own DDL makes them again.
+    """
     if tx.dialect == "sqlite":
-        raise ValueError("SQLite cannot drop a UNIQUE constraint; copy the table")
+        tx.execute(sqlite_table.format(name=f"{table}_new"))
+        tx.execute(f"INSERT INTO {table}_new ({copied}) SELECT {copied} FROM {table}")
+        tx.execute(f"DROP TABLE {table}")
+        tx.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
+        return
+    tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
     for row in tx.query("SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(?) AND contype = 'u' "
-                        "AND pg_get_constraintdef(oid) = ?", (table, f"UNIQUE ({columns})")):
+                        "AND pg_get_constraintdef(oid) = ?", (table, f"UNIQUE ({key})")):
         name = str(row["conname"]).replace('"', '""')
         tx.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+    tx.execute(f"ALTER TABLE {table} ADD UNIQUE ({key}, {column})")
 
 
 @lru_cache(maxsize=512)

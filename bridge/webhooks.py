@@ -41,7 +41,7 @@ from .config import ConfigError
 from .screenpop import _TOKEN, Template, Unbuildable, form_template, lookup, url_template
 from .screenpop import _field as _call_field
 from .calls import start_key
-from .store import Store, Tx, drop_unique, register_schema, table_columns
+from .store import Store, Tx, register_schema, table_columns, widen_unique
 
 log = logs.get("bridge.webhooks")
 
@@ -88,15 +88,7 @@ def _upgrade(tx: Tx) -> None:
     columns = table_columns(tx, "outbox")
     if not columns or "started_at" in columns:
         return
-    if tx.dialect == "sqlite":  # SQLite cannot drop a table's UNIQUE: a new table, the rows copied over
-        tx.execute(_OUTBOX["sqlite"].format(name="outbox_new"))
-        tx.execute(f"INSERT INTO outbox_new ({_OLD_COLUMNS}) SELECT {_OLD_COLUMNS} FROM outbox")
-        tx.execute("DROP TABLE outbox")  # its indexes go with it; the DDL makes them again
-        tx.execute("ALTER TABLE outbox_new RENAME TO outbox")
-    else:
-        tx.execute("ALTER TABLE outbox ADD COLUMN started_at TEXT NOT NULL DEFAULT ''")
-        drop_unique(tx, "outbox", "endpoint, event, call_id, agent_id")
-        tx.execute("ALTER TABLE outbox ADD UNIQUE (endpoint, event, call_id, agent_id, started_at)")
+    widen_unique(tx, "outbox", "endpoint, event, call_id, agent_id", "started_at", _OUTBOX["sqlite"], _OLD_COLUMNS)
     for row in tx.query("SELECT id, body FROM outbox"):
         try:
             data = json.loads(row["body"])["data"]
