@@ -87,32 +87,22 @@ def test_an_endless_stanza_is_cut_at_the_byte_limit_and_the_agent_reconnects(sim
         assert conn.connected and notify.client_count() == 1
 
 
-def test_elements_nested_without_end_are_cut_at_the_depth_limit(sim: Simulator,
-                                                                caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("shape, words", [
+    ("depth", "nested deeper than 64 elements"),  # 200,000 nested (600 KB): within the byte limit
+    ("elements", "of more than 10000 elements"),  # 200,000 side by side (800 KB): within bytes and depth
+])
+def test_a_stanza_too_deep_or_of_too_many_elements_is_cut(sim: Simulator, caplog: pytest.LogCaptureFixture,
+                                                          shape: str, words: str) -> None:
     caplog.set_level(logging.WARNING, logger="bridge.finesse.notify")
-    with hub() as notify:  # the defaults: 200,000 elements (600 KB) fit in the byte limit
+    with hub() as notify:  # the defaults
         agent = Agent(sim)
         agent.connect(notify)
         agent.wait_state("xmpp", "connected")
         with heap_peak() as peak:
-            flood(sim, depth=200_000)
+            flood(sim, **{shape: 200_000})
             reconnected(agent)
         assert peak[0] < MARGIN, f"heap grew {peak[0]} bytes"
-        assert f"nested deeper than {notify.max_depth} elements" in caplog.text
-
-
-def test_a_flat_stanza_of_many_small_elements_is_cut_at_the_element_limit(sim: Simulator,
-                                                                         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="bridge.finesse.notify")
-    with hub() as notify:  # the defaults: 200,000 <a/> (800 KB) fit in the byte limit and the depth limit
-        agent = Agent(sim)
-        agent.connect(notify)
-        agent.wait_state("xmpp", "connected")
-        with heap_peak() as peak:
-            flood(sim, elements=200_000)
-            reconnected(agent)
-        assert peak[0] < MARGIN, f"heap grew {peak[0]} bytes"
-        assert f"more than {notify.max_elements} elements" in caplog.text
+        assert words in caplog.text
 
 
 def dialogs_update(calls: int) -> str:
