@@ -168,14 +168,15 @@ class Bridge:
             raise InvalidParams("Give exactly one of password and token")
         if not extension:
             raise InvalidParams("extension is required")
-        key = self.signin_throttle.alias(str(agentId or loginName))
+        name = str(agentId or loginName)  # as given: Finesse checks the credentials with it
+        key = self.signin_throttle.alias(name)  # the agent's one count, once its names are known
         secret = str(password or token)
         self.signin_throttle.check(key, address)
         session = self.registry.find(agentId, loginName)
         if session is not None:
             return self._join(session, socket, secret, extension, token is not None, key, address)
         with self.signin_slots:  # bounded concurrency toward Finesse
-            return self._new_session(socket, key, password, token, extension, address)
+            return self._new_session(socket, name, key, password, token, extension, address)
 
     def _join(self, session: AgentSession, socket: Socket, secret: str, extension: str, is_token: bool,
               key: str, address: str, verified: bool = False) -> dict[str, Any]:
@@ -204,16 +205,16 @@ class Bridge:
         self.metrics.logins.labels("joined").inc()
         return self._login_result(session)
 
-    def _new_session(self, socket: Socket, key: str, password: str | None, token: str | None,
+    def _new_session(self, socket: Socket, name: str, key: str, password: str | None, token: str | None,
                      extension: str, address: str) -> dict[str, Any]:
-        rest = self._rest(key, password, token)
+        rest = self._rest(name, password, token)
         try:
             # SystemInfo read by another sign-in a moment ago (or notified) serves this one too
             info = self.failover.fresh_info(self.nodes.current(), self.config["SYSTEMINFO_MAX_AGE_SECONDS"])
             if info is None:
                 info = rest.system_info()
             try:
-                user = rest.get_user(key)  # checks the credentials; resolves a loginName to its id
+                user = rest.get_user(name)  # checks the credentials; resolves a loginName to its id
             except (BadCredentials, TooManyAttempts):
                 self.signin_throttle.failed(key, address)
                 self.metrics.logins.labels("rejected").inc()
