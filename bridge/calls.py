@@ -5,22 +5,18 @@ the notifications it decides on. ``sessions.AgentSession`` stamps them with ``se
 """
 from __future__ import annotations
 
-import datetime
 import uuid
 from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 from .finesse.model import Call, normalise_time
+from .times import iso_now, parse
 
 Notification = tuple[str, dict[str, Any]]
 
 # The first notification for a call we had not seen, by its state.
 FIRST = {"ringing": "call.ringing", "dialing": "call.dialing", "active": "call.answered"}
 LIVE = ("ringing", "dialing", "active", "held", "failed")
-
-
-def iso_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def start_key(started_at: Any) -> str:
@@ -36,8 +32,7 @@ def _seconds(start: str, end: str) -> float:
     if not start or not end:
         return 0.0
     try:
-        a = datetime.datetime.fromisoformat(start.replace("Z", "+00:00"))
-        b = datetime.datetime.fromisoformat(end.replace("Z", "+00:00"))
+        a, b = parse(start), parse(end)
     except ValueError:
         return 0.0
     return max(0.0, round((b - a).total_seconds(), 3))

@@ -16,12 +16,12 @@ digits or more, on the last ten, so ``4155550100`` still finds ``+1 415 555 0100
 """
 from __future__ import annotations
 
-import datetime
 import json
 import re
 import uuid
 from typing import Any, Mapping
 
+from .times import iso_now
 from .store import Store, Tx, register_schema
 
 TAIL = 10  # digits compared when a full match fails: a national number without its country code
@@ -85,10 +85,6 @@ def number_param(value: str, field: str = "number") -> str:
     if not digits:
         raise FieldError(field, f"expected a phone number with digits, got {value!r}")
     return digits
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _validated(body: Any, *, partial: bool) -> dict[str, Any]:
@@ -193,7 +189,7 @@ class Profiles:
         fields = _validated(body, partial=False)
         contact_id = str(uuid.uuid4())
         with self.store.transaction() as tx:
-            seq, now = self._next_seq(tx), _now()
+            seq, now = self._next_seq(tx), iso_now()
             tx.execute("INSERT INTO contacts (id, name, phones, attributes, updated_at, version, change_seq, deleted) "
                        "VALUES (?, ?, ?, ?, ?, 1, ?, 0)",
                        (contact_id, fields["name"], json.dumps(fields["phones"]), json.dumps(fields["attributes"]),
@@ -218,7 +214,7 @@ class Profiles:
         with self.store.transaction() as tx:
             row = self._live(tx, contact_id)
             self._check_version(contact_id, row, if_match)
-            seq, now = self._next_seq(tx), _now()
+            seq, now = self._next_seq(tx), iso_now()
             tx.execute("UPDATE contacts SET name = '', phones = '[]', attributes = '{}', updated_at = ?, "
                        "version = version + 1, change_seq = ?, deleted = 1 WHERE id = ?", (now, seq, contact_id))
             tx.execute("DELETE FROM contact_phones WHERE contact_id = ?", (contact_id,))
@@ -233,7 +229,7 @@ class Profiles:
                 merged = {**current["attributes"], **fields["attributes"]}
                 fields["attributes"] = {k: v for k, v in merged.items() if v is not None}
             new = {**current, **fields}
-            seq, now = self._next_seq(tx), _now()
+            seq, now = self._next_seq(tx), iso_now()
             tx.execute("UPDATE contacts SET name = ?, phones = ?, attributes = ?, updated_at = ?, "
                        "version = version + 1, change_seq = ? WHERE id = ?",
                        (new["name"], json.dumps(new["phones"]), json.dumps(new["attributes"]), now, seq, contact_id))

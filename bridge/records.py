@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 import heapq
 import itertools
 import json
-import random
 import threading
 import time
 from collections import deque
 from typing import Any, Callable, Mapping, Sequence
 
-from . import logs
+from .times import UTC, iso_now, parse
+from . import backoff, logs
 from .calls import start_key
 from .profiles import FieldError, digits_of, number_param, tail_of
 from .store import Store, Tx, register_schema, table_columns, widen_unique
@@ -74,17 +73,14 @@ register_schema("records", _DDL, _DDL, _upgrade)
 
 def utc_text(value: str) -> str:
     """An ISO 8601 time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC (naive times are UTC); ValueError if not one."""
-    parsed = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
-    return parsed.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return parse(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _ended_at(record: Mapping[str, Any]) -> str:
     try:
         return utc_text(str(record.get("endedAt") or ""))
     except ValueError:  # the tracker always sets it; a record from elsewhere is stamped now
-        return utc_text(datetime.datetime.now(datetime.timezone.utc).isoformat())
+        return utc_text(iso_now())
 
 
 class RecordWriter:
@@ -195,7 +191,7 @@ class RecordQueue:
                         log.error("call record lost at shutdown (the database did not take it): %s",
                                   json.dumps(record, separators=(",", ":")))
                     elif not stored:
-                        delay = min(self._retry_max, self._retry_min * 2 ** attempts) * random.uniform(0.5, 1.0)
+                        delay = backoff.delay(attempts, self._retry_min, self._retry_max, floor=self._retry_min)
                         heapq.heappush(self._later, (self._clock() + delay, next(self._tiebreak), attempts + 1, record))
                     self._cond.notify_all()
 

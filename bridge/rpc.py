@@ -19,6 +19,7 @@ from jsonrpcserver import Error, Success, dispatch_to_response
 from jsonrpcserver.response import ErrorResponse, Response, to_serializable_one
 from jsonrpcserver.sentinels import NODATA
 
+from .times import iso_now
 from . import logs
 from . import protocol
 from .errors import BridgeError, Internal, InvalidParams as InvalidParamsError, NotAllowed, NotSignedIn
@@ -83,7 +84,6 @@ def session_logout(ctx: Context, reasonCodeId: str | int | None = None) -> dict[
 
 
 def session_ping(ctx: Context) -> dict[str, Any]:
-    from .calls import iso_now
     return {"at": iso_now()}
 
 

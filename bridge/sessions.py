@@ -18,8 +18,9 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Protocol
 
+from .times import iso_now
 from . import logs
-from .calls import CallTracker, iso_now
+from .calls import CallTracker
 from .errors import NoSuchCall, NotAllowed
 from .finesse import model
 from .finesse.model import Agent, Call, Update

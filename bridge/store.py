@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
-from . import logs
+from . import logs, redact
 
 log = logs.get("bridge.store")
 
@@ -261,12 +261,12 @@ class Store:
             return cls("sqlite", parts.path[1:], busy_timeout=busy_timeout)
         if parts.scheme in ("postgresql", "postgres"):
             if not parts.hostname and not parts.path.strip("/"):
-                raise ValueError(f"expected postgresql://user@host:port/database, got {_redact(url)!r}")
+                raise ValueError(f"expected postgresql://user@host:port/database, got {redact.url(url)!r}")
             return cls("postgresql", url, busy_timeout=busy_timeout)
-        raise ValueError(f"expected a sqlite:/// or postgresql:// URL, got {_redact(url)!r}")
+        raise ValueError(f"expected a sqlite:/// or postgresql:// URL, got {redact.url(url)!r}")
 
     def __repr__(self) -> str:
-        return f"Store({self.dialect}, {_redact(self.target)!r})"
+        return f"Store({self.dialect}, {redact.url(self.target)!r})"
 
     # -- connections -------------------------------------------------------------------------
 
@@ -375,12 +375,3 @@ class Store:
     def close(self) -> None:
         """Close every idle connection; a connection in use closes when its transaction ends."""
         self._connections.close()
-
-
-def _redact(url: str) -> str:
-    """A URL without its password, for messages and logs (design.md section 9)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()

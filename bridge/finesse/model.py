@@ -6,7 +6,6 @@ document goes through defusedxml with a size limit before anything else looks at
 """
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -15,6 +14,8 @@ from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape
 
 from defusedxml import ElementTree as SafeET
+
+from ..times import iso, iso_at, parse
 
 MAX_DOCUMENT_BYTES = 256 * 1024
 
@@ -246,16 +247,9 @@ def normalise_time(value: str) -> str:
     if not value:
         return ""
     try:
-        if value.isdigit():
-            moment = datetime.datetime.fromtimestamp(int(value) / 1000, datetime.timezone.utc)
-        else:
-            moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=datetime.timezone.utc)
-            moment = moment.astimezone(datetime.timezone.utc)
+        return iso_at(int(value) / 1000) if value.isdigit() else iso(parse(value))
     except (ValueError, OverflowError, OSError):
         return ""
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- documents ------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ import requests.utils
 from requests.auth import HTTPBasicAuth
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError
 
-from .. import logs
+from .. import logs, redact
+from ..httpsession import hardened_session
 from ..errors import (ActionRefused, BadCredentials, BridgeError, FinesseError, InvalidParams, NoSuchCall, Timeout,
                       TooManyAttempts, Unavailable)
 from . import model
@@ -269,9 +270,7 @@ class FinesseRest:
         self.nodes, self.user, self._timeout = nodes, user, timeout
         self._secrets = tuple(s for s in (password, token) if s)
         self._verify: str | bool = ca_bundle or True  # there is no way to turn verification off
-        session = requests.Session()
-        session.trust_env = False  # no .netrc, proxies or CA bundle picked up from the environment
-        session.verify = self._verify
+        session = hardened_session(verify=self._verify, adapter=nodes.adapter(ca_bundle))
         session.headers["Accept"] = "application/xml"
         if token:
             session.headers["Authorization"] = f"Bearer {token}"
@@ -279,9 +278,6 @@ class FinesseRest:
             # UTF-8, as RFC 7617 section 2.1 lets a server ask (requests would send Latin-1, and
             # fail on any character beyond it)
             session.auth = HTTPBasicAuth(user.encode("utf-8"), password.encode("utf-8"))
-        adapter = nodes.adapter(ca_bundle)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
         self._session = session
 
     def __repr__(self) -> str:
@@ -461,9 +457,7 @@ class FinesseRest:
         return [ApiError(self._scrub(e.errorType), self._scrub(e.message), self._scrub(e.data)) for e in errors]
 
     def _scrub(self, value: str) -> str:
-        for secret in self._secrets:
-            value = value.replace(secret, "***")
-        return value
+        return redact.secrets(value, self._secrets)
 
 
 class SystemInfoProbe:
@@ -471,11 +465,8 @@ class SystemInfoProbe:
 
     def __init__(self, *, ca_bundle: str | None = None, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
         self._timeout, self._verify = timeout, ca_bundle or True
-        session = requests.Session()
-        session.trust_env = False
-        session.verify = self._verify
-        session.headers["Accept"] = "application/xml"
-        self._session = session
+        self._session = hardened_session(verify=self._verify)
+        self._session.headers["Accept"] = "application/xml"
 
     def __call__(self, node: NodeAddress) -> SystemInfo:
         """The node's SystemInfo; Unavailable when it does not answer 200 with one."""

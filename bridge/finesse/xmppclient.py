@@ -24,7 +24,7 @@ from slixmpp.util.sasl.mechanisms import SCRAM
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from .. import logs
+from .. import backoff, logs
 from ..errors import BadCredentials, FinesseError, Timeout, Unavailable
 from .model import Update, XmlError, is_loopback, parse_update
 
@@ -185,10 +185,9 @@ class _StanzaParser(ET.XMLPullParser):
 def backoff_delay(attempt: int, low: float, high: float, rand: Callable[[], float] = random.random) -> float:
     """Seconds before reconnect attempt ``attempt`` (0-based): exponential, full jitter, in [low, high].
 
-    Jitter spreads the reconnects of every agent on a node that went down (finesse.md 10.6).
+    Jitter spreads the reconnects of every agent on a node that went down (docs/operations.md).
     """
-    ceiling = min(high, low * 2 ** min(attempt + 1, 30))
-    return low + (ceiling - low) * rand()
+    return backoff.delay(attempt + 1, low, high, floor=low, rand=rand)
 
 
 class _RedactSasl(logging.Filter):

@@ -24,6 +24,8 @@ from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from .. import redact
+
 __all__ = ["ProtocolError", "document", "method_names", "notification_names", "error_codes",
            "validate_params", "validate_result", "validate_notification", "validate_message",
            "validate_schema", "compile_all"]
@@ -328,9 +330,7 @@ def _check(validator: Draft202012Validator, instance: Any, what: str) -> None:
     error = best_match(validator.iter_errors(instance))
     if error is None:
         return
-    message = error.message
-    for secret in sorted(_secrets(instance, _sensitive_names()), key=len, reverse=True):
-        message = message.replace(secret, "'***'")
+    message = redact.secrets(error.message, _secrets(instance, _sensitive_names()), f"'{redact.MASK}'")
     raise ProtocolError(f"{what}: {message} (at {error.json_path})", path=error.path,
                         schema_path=error.schema_path) from None
 
