@@ -1,4 +1,4 @@
-"""The REST API under ``/api/`` (design.md section 6b): JSON in and out, for admins and servers.
+"""The REST API under ``/api/`` (docs/records.md): JSON in and out, for admins and servers.
 
 Every request needs ``Authorization: Bearer <key>`` with a key from ``API_KEYS``, compared in
 constant time. No key configured means the API is off: 403 ``api_disabled``, so a forgotten

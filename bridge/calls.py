@@ -39,7 +39,7 @@ def _seconds(start: str, end: str) -> float:
 
 
 def make_record(agent_id: str, call: Call, outcome: str) -> dict[str, Any]:
-    """The call record of design.md section 4, written once when the agent's part ends."""
+    """The call record (docs/records.md, openrpc.json Record), written once when the agent's part ends."""
     return {
         "id": str(uuid.uuid4()), "agentId": agent_id, "callId": call.id, "direction": call.direction,
         "from": call.from_, "to": call.to, "startedAt": call.startedAt, "answeredAt": call.answeredAt,

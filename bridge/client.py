@@ -1,4 +1,4 @@
-"""A small Python client for the bridge's JSON-RPC WebSocket (design.md section 4; docs/client.md).
+"""A small Python client for the bridge's JSON-RPC WebSocket (docs/client.md).
 
 For partners' servers, our tests and benchmarks. One reader thread routes responses to the
 waiting :meth:`CtiClient.call` by id and queues notifications (and runs :meth:`CtiClient.on`

@@ -1,4 +1,4 @@
-"""The bridge's errors, each with its JSON-RPC code (design.md section 4).
+"""The bridge's errors, each with its JSON-RPC code (docs/client.md, "Errors").
 
     BridgeError                       base; code, message, data
     ├── NotSignedIn          4001     no session on this socket

@@ -1,4 +1,4 @@
-"""Finesse gadgets (design.md section 8, docs/gadgets.md): OpenSocial XML rendered through Jinja.
+"""Finesse gadgets (docs/gadgets.md): OpenSocial XML rendered through Jinja.
 
 Each gadget (``gadgets/<name>.xml``) is a thin shell: it loads Finesse's JS library from the
 Finesse host (``/desktop/assets/js/...``, relative: the Finesse container serves the gadget), reads

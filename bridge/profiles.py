@@ -1,4 +1,4 @@
-"""Customer profiles (design.md sections 1 and 8): contacts with phone numbers and attributes.
+"""Customer profiles (docs/records.md): contacts with phone numbers and attributes.
 
 A contact is ``{id, name, phones: [...], attributes: {...}, updatedAt, version}``. ``version``
 starts at 1 and grows by one with every change, the delete included; a write may name the version

@@ -1,4 +1,4 @@
-"""Call records (design.md sections 3, 4 and 7): one per call end, written on the server.
+"""Call records (docs/records.md): one per call end, written on the server.
 
 The session hands each ``call.ended`` record to a ``RecordQueue`` on the XMPP thread (never
 blocking it, whether or not a browser is open); the queue's own thread writes it through a

@@ -1,6 +1,6 @@
 """The bridge's long-lived parts in one place, and the sign-in, resume and sign-out flows.
 
-Sign-in (design.md section 3): SystemInfo picks an IN_SERVICE node -> GET User checks the
+Sign-in: SystemInfo picks an IN_SERVICE node -> GET User checks the
 credentials (and resolves a loginName) -> PUT LOGIN with the extension -> XMPP connect with
 presence -> GET User and Dialogs -> a snapshot and a resume token for the browser.
 """

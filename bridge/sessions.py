@@ -27,7 +27,7 @@ from .finesse.model import Agent, Call, Update
 
 log = logs.get("bridge.sessions")
 
-# Call notifications that are screen-pop triggers (design.md section 7).
+# Call notifications that are screen-pop triggers (docs/screenpop.md).
 POP_TRIGGERS = {"call.ringing": "ringing", "call.dialing": "dialing", "call.answered": "answered",
                 "call.ended": "ended"}
 # (trigger, call JSON, agent JSON) -> call.screenPop params or None; see screenpop.ScreenPop.pop.

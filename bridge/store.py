@@ -1,4 +1,4 @@
-"""The database (design.md sections 7 and 10): SQLite by default, PostgreSQL for several bridges.
+"""The database (docs/records.md): SQLite by default, PostgreSQL for several bridges.
 
 The only module that imports ``sqlite3`` or ``psycopg``. Other modules register their tables with
 ``register_schema`` at import and run their SQL through ``Store.transaction()``, writing ``?``

@@ -1,4 +1,4 @@
-"""``python -m simulator``: a Finesse pair on localhost (design.md 6b)."""
+"""``python -m simulator``: a Finesse pair on localhost (docs/simulator.md)."""
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,6 @@
 """Simulator settings and seed data: defaults < TOML file < command-line flags.
 
-The seed data is what design.md section 6b promises: agents 1001..1010 with extensions
+The seed data (docs/simulator.md): agents 1001..1010 with extensions
 71001..71010, supervisor 2001, two teams, every password the same and printed at start.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The simulator's own control plane (design.md 6b): JSON under /sim/api and the console at /sim.
+"""The simulator's own control plane (docs/simulator.md): JSON under /sim/api and the console at /sim.
 
 It answers whatever the emulated nodes' status: it is not part of the emulated Finesse.
 """

@@ -55,7 +55,7 @@ class XmlError(ValueError):
     """A document we refuse: too large, malformed, hostile (DTD, entities) or the wrong shape."""
 
 
-# -- our model (design.md section 4) --------------------------------------------------------------
+# -- our model (bridge/protocol/openrpc.json) ------------------------------------------------------
 
 @dataclass
 class Agent:

@@ -1,7 +1,7 @@
 """Finesse REST over requests: one session per agent, node failover, errors translated in one place.
 
-The only module that imports requests for Finesse (style.md 2). Credentials stay in memory, in
-the agent's ``requests.Session``: never in URLs, logs, exception messages or reprs (design.md 9).
+The only module that imports requests for Finesse (one module per outside system). Credentials stay in memory, in
+the agent's ``requests.Session``: never in URLs, logs, exception messages or reprs (docs/security.md).
 TLS is always verified, against ``ca_bundle`` when one is given; plain http only on loopback.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ class NodeAddress:
 
     @classmethod
     def from_config(cls, entry: Mapping[str, Any]) -> NodeAddress:
-        """A node from ``{"url": ..., "xmpp": "host:port"}`` (design.md 6b); xmpp defaults to url host:5222."""
+        """A node from ``{"url": ..., "xmpp": "host:port"}`` (README, FINESSE_NODES); xmpp defaults to url host:5222."""
         if not isinstance(entry, Mapping):
             raise ValueError("FINESSE_NODES: each entry must be an object with url and xmpp")
         unknown = sorted(set(entry) - {"url", "xmpp"})

@@ -1,6 +1,6 @@
 """One agent's XMPP notification session, built on slixmpp; ``notify.NotifyHub`` owns and runs them.
 
-Split from notify.py to keep both small; no other bridge module imports slixmpp (style.md 2).
+Split from notify.py to keep both small; no other bridge module imports slixmpp (one module per outside system).
 Everything in ``AgentConnection`` except ``close``, ``connected`` and ``ssl_context`` runs in the hub's
 loop thread. The reconnect policy is ``backoff_delay`` and ``AgentConnection._reconnect``: failover
 to the other node (finesse.md 10.6) replaces those two and nothing else.
@@ -191,7 +191,7 @@ def backoff_delay(attempt: int, low: float, high: float, rand: Callable[[], floa
 
 
 class _RedactSasl(logging.Filter):
-    """slixmpp logs every byte it sends at DEBUG; SASL PLAIN carries the password (design.md 9)."""
+    """slixmpp logs every byte it sends at DEBUG; SASL PLAIN carries the password (docs/security.md)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and any(
@@ -420,7 +420,7 @@ class AgentConnection:
             self._state("finesse", state)
 
     def _on_message(self, message: Any) -> None:
-        """Pubsub events only from the pubsub service; hostile payloads are dropped (design.md 9)."""
+        """Pubsub events only from the pubsub service; hostile payloads are dropped (docs/security.md)."""
         if message["from"].bare.lower() != self.pubsub.lower():
             log.warning("%s: pubsub event from %s ignored", self.jid, message["from"])
             return

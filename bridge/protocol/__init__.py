@@ -1,4 +1,4 @@
-"""The toolbar protocol as data: ``openrpc.json`` (design.md section 4, style.md item 11).
+"""The toolbar protocol as data: ``openrpc.json`` (docs/client.md).
 
 One document lists every method, notification (``x-notifications``), schema and error code. This
 module loads it once and checks messages against it with jsonschema (Draft 2020-12); every

@@ -1,4 +1,4 @@
-"""openrpc.json: well formed, complete, equal to the code, and strict enough (style.md item 11)."""
+"""openrpc.json: well formed, complete, equal to the code, and strict enough: the protocol is this one document, and these tests keep the code equal to it."""
 from __future__ import annotations
 
 import json

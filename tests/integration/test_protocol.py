@@ -1,4 +1,4 @@
-"""The toolbar protocol on the wire, and the rules of design.md section 9, against the real stack.
+"""The toolbar protocol on the wire, and the rules of docs/security.md, against the real stack.
 
 JSON-RPC 2.0 section 7's examples are answered exactly as the specification shows them (parsed
 JSON compared for equality), with our method names. Then: agents kept apart, the Origin check
