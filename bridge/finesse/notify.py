@@ -3,8 +3,8 @@
 ``NotifyHub`` owns one event loop in one daemon thread and one ``ssl.SSLContext`` that every client
 shares (slixmpp's default builds one per client, about 860 KB and 40 ms each). Other threads reach
 the loop only through ``run_coroutine_threadsafe`` (docs/performance.md, the server model).
-Certificate checking stays on: there is no switch to turn it off. The per-agent session is ``xmppclient.AgentConnection``; slixmpp
-is imported there and nowhere else.
+Certificate checking stays on: there is no switch to turn it off. The per-agent session is
+``xmppclient.AgentConnection``; slixmpp is imported there and nowhere else.
 
 Callbacks run in the loop thread, which carries every agent's XMPP traffic: they must not block
 (hand the work to a queue) and must not call ``hub.connect`` (``close()`` from a callback only
