@@ -38,8 +38,7 @@ from requests.adapters import HTTPAdapter
 
 from . import logs
 from .config import ConfigError
-from .screenpop import _TOKEN, Template, Unbuildable, form_template, lookup, url_template
-from .screenpop import _field as _call_field
+from .templating import Template, Unbuildable, call_field as _call_field, form_template, lookup, url_template
 from .calls import start_key
 from .store import Store, Tx, register_schema, table_columns, widen_unique
 
@@ -159,28 +158,12 @@ def _field(name: str, key: str) -> str:
 
 
 def _template(text: Any, key: str, url: bool) -> Template:
-    """screenpop's URL and form templates, with ``record.*`` fields too: the shape is checked with a
-    stand-in field, then the real field names are put back in order."""
+    """A URL or form template (bridge/templating.py) whose fields may also be ``record.*``."""
     if not isinstance(text, str):
         raise ConfigError(f"{key}: expected a string, got {text!r}")
-    fields: list[str] = []
-
-    def stand_in(match: re.Match[str]) -> str:
-        token = match.group(0)
-        if token in ("{{", "}}"):
-            return token
-        if match.group(1) is None:
-            raise ConfigError(f"{key}: unmatched {token!r}; write {token * 2} for a literal brace")
-        fields.append(_field(match.group(1).strip(), key))
-        return "{id}"
-    shape_text = _TOKEN.sub(stand_in, text)
-    try:
-        shape = url_template(shape_text, key) if url else form_template(shape_text, key)
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("can be popped", "can be called").replace("a pop URL", "a webhook URL")
-                          ) from None
-    names = iter(fields)
-    return Template(text, tuple((where, next(names) if where else piece) for where, piece in shape.parts))
+    if url:
+        return url_template(text, key, _field, verb="called", noun="webhook URL")
+    return form_template(text, key, _field)
 
 
 def secret_key(secret: str) -> bytes:
