@@ -4,7 +4,7 @@ Sending is kept off the XMPP and request threads: a session's call events are qu
 written to the outbox by the worker's own thread, and each delivery runs on a small pool, so a
 slow receiver never delays an agent. Retries use exponential backoff with full jitter until
 ``max_age_hours``; a lease (``lease_seconds``) lets another worker, or the next start, send a row
-whose worker died (docs/webhooks.md, "Retries, idempotency and what "never lost" means").
+whose worker died (docs/webhooks.md, the section on retries and idempotency).
 """
 from __future__ import annotations
 
