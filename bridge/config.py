@@ -98,7 +98,7 @@ DEFAULTS: dict[str, Any] = {
     # Screen pop (bridge/screenpop.py, docs/screenpop.md): {"rules": [...]}, the TOML [[screenpop.rules]]
     "SCREENPOP": {},
     "SCREENPOP_RELOAD_SECONDS": 2.0,  # how often, at most, the config file's mtime is checked for new rules
-    # Webhooks (bridge/webhooks.py, docs/webhooks.md): {"endpoints": [...], "allow_hosts": [...], ...},
+    # Webhooks (bridge/webhooks/settings.py, docs/webhooks.md): {"endpoints": [...], "allow_hosts": [...], ...},
     # the TOML [webhooks] table with [[webhooks.endpoints]]; checked at start by webhooks.parse
     "WEBHOOKS": {},
     # The demo CRM at /demo: a link to the simulator's console (python app.py --simulator sets it)

@@ -1,11 +1,12 @@
-"""Screen-pop rules (design.md section 7): which page to open for a call, decided on the server.
+"""Screen-pop rules: which page to open for a call, decided on the server.
 
 A rule names a trigger (``on``: ringing, answered, dialing, ended), conditions on the call, its
 variables and the agent (``when``, combined by ``match``: all or any), and what to open: a URL
 template, GET or POST (``form`` fields), and a target (tab, ``window:<name>``, iframe, callback).
 The first matching rule wins, once per call and trigger (``sessions.AgentSession`` remembers what
 popped). Rules are checked when loaded, so a bad rule stops the start with a ``ConfigError``
-naming it, never a wrong pop at the first call. The manual is docs/screenpop.md. Dry run::
+naming it, never a wrong pop at the first call. The URL and form templates are bridge/templating.py,
+shared with the webhooks. The manual is docs/screenpop.md. Dry run::
 
     python -m bridge.screenpop --config bridge.toml --call call.json [--on ringing]
         [--agent-id 1001 --extension 71001] [--json]
@@ -22,61 +23,18 @@ import time
 import tomllib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
-from urllib.parse import quote, urlsplit
 
 from . import logs
 from .config import ConfigError
+from .templating import Lookup, Template, Unbuildable, call_field, form_template, lookup, text_of, url_template
 
 log = logs.get("bridge.screenpop")
 
 TRIGGERS = ("ringing", "answered", "dialing", "ended")
 OPS = ("equals", "not_equals", "contains", "starts_with", "ends_with", "empty", "not_empty", "in")
-CALL_FIELDS = ("id", "ani", "dnis", "from", "to", "direction", "callType", "state", "wrapUpReason",
-               "associatedCallId")
-NESTED = {"queue": ("name", "number"), "agent": ("id", "extension", "teamId", "teamName")}
-# What a value may keep unencoded, by where its placeholder sits: RFC 3986 pchar, query and fragment
-# characters minus the sub-delims (& = + ; , ...) that servers and hash routers read as separators.
-# "/" is encoded in the path, so a value is always exactly one segment.
-SAFE = {"path": ":@", "query": "/?:@", "fragment": "/?:@"}
-_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _RULE_KEYS = ("name", "on", "match", "when", "url", "method", "target", "form")
 _CONDITION_KEYS = ("field", "op", "value", "ignore_case")
 _WINDOW = re.compile(r"window:[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
-
-Lookup = Callable[[str], str]
-
-
-class Unbuildable(ValueError):
-    """A matching rule cannot build a safe URL from this call's values; the next rule is tried."""
-
-
-def lookup(call: Mapping[str, Any], agent: Mapping[str, Any]) -> Lookup:
-    """Field name -> its value as text; anything missing is "" (like Finesse's workflow engine)."""
-    def value(name: str) -> str:
-        head, _, rest = name.partition(".")
-        if not rest:
-            got = call.get(name)
-        else:
-            source = agent if head == "agent" else call.get(head)
-            got = source.get(rest) if isinstance(source, Mapping) else None
-        return "" if got is None else str(got)
-    return value
-
-
-def _field(name: str, key: str) -> str:
-    head, _, rest = name.partition(".")
-    if name in CALL_FIELDS or (head == "variables" and rest) or rest in NESTED.get(head, ()):
-        return name
-    raise ConfigError(f"{key}: unknown field {name!r} (fields: {', '.join(CALL_FIELDS)}, queue.name, "
-                      "queue.number, variables.<name>, agent.id, agent.extension, agent.teamId, agent.teamName)")
-
-
-def _text(value: Any, key: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)  # value = 8001 in TOML means the digits
-    raise ConfigError(f"{key}: expected a string, got {value!r}")
 
 
 def _known_keys(raw: Mapping[str, Any], allowed: tuple[str, ...], key: str) -> None:
@@ -120,7 +78,7 @@ def _condition(raw: Any, key: str) -> Condition:
     _known_keys(raw, _CONDITION_KEYS, key)
     if not isinstance(raw.get("field"), str):
         raise ConfigError(f"{key}.field: required, e.g. \"ani\" or \"variables.callVariable1\"")
-    field, op = _field(raw["field"], f"{key}.field"), raw.get("op")
+    field, op = call_field(raw["field"], f"{key}.field"), raw.get("op")
     if op not in OPS:
         raise ConfigError(f"{key}.op: unknown op {op!r} (expected one of {', '.join(OPS)})")
     ignore_case = raw.get("ignore_case", False)
@@ -135,96 +93,12 @@ def _condition(raw: Any, key: str) -> Condition:
     if op == "in":
         if not isinstance(raw["value"], list) or not raw["value"]:
             raise ConfigError(f"{key}.value: in takes a non-empty list of strings, got {raw['value']!r}")
-        return Condition(field, op, tuple(_text(v, f"{key}.value[{i}]") for i, v in enumerate(raw["value"])),
+        return Condition(field, op, tuple(text_of(v, f"{key}.value[{i}]") for i, v in enumerate(raw["value"])),
                          ignore_case)
-    value = _text(raw["value"], f"{key}.value")
+    value = text_of(raw["value"], f"{key}.value")
     if not value and op in ("contains", "starts_with", "ends_with"):
         raise ConfigError(f"{key}.value: {op} needs a non-empty value (use empty or not_empty)")
     return Condition(field, op, (value,), ignore_case)
-
-
-@dataclass(frozen=True)
-class Template:
-    """A URL or form value with ``{field}`` placeholders, each tagged with how its value is encoded."""
-
-    text: str
-    parts: tuple[tuple[str, str], ...]  # ("", literal) or (path | query | fragment | raw, field)
-
-    def render(self, value: Lookup) -> str:
-        out = []
-        for where, text in self.parts:
-            if not where:
-                out.append(text)
-            elif where == "raw":  # a form field: the browser encodes the form
-                out.append(value(text))
-            else:
-                got = value(text)
-                if where == "path" and got in (".", ".."):  # browsers would resolve it as a directory step
-                    raise Unbuildable(f"{{{text}}} is {got!r}, which cannot be a path segment")
-                out.append(quote(got, safe=SAFE[where], errors="replace"))
-        return "".join(out)
-
-
-def _tokens(text: str, key: str) -> list[tuple[bool, str]]:
-    """(is_field, text) pieces; ``{{`` and ``}}`` are literal braces."""
-    tokens, pos = [], 0
-    for m in _TOKEN.finditer(text):
-        if m.start() > pos:
-            tokens.append((False, text[pos:m.start()]))
-        if m.group(0) in ("{{", "}}"):
-            tokens.append((False, m.group(0)[0]))
-        elif m.group(1) is None:
-            raise ConfigError(f"{key}: unmatched {m.group(0)!r}; write {m.group(0) * 2} for a literal brace")
-        else:
-            tokens.append((True, _field(m.group(1).strip(), key)))
-        pos = m.end()
-    if pos < len(text):
-        tokens.append((False, text[pos:]))
-    return tokens
-
-
-def url_template(text: Any, key: str) -> Template:
-    """Check a URL template: http(s), scheme and host written out, placeholders after the host."""
-    if not isinstance(text, str) or not text:
-        raise ConfigError(f"{key}: required, an http or https URL template")
-    tokens = _tokens(text, key)
-    if not re.fullmatch(r"[!-~]*", "".join(t for is_field, t in tokens if not is_field)):
-        raise ConfigError(f"{key}: spaces, control and non-ASCII characters must be written percent-encoded")
-    prefix = ""
-    for is_field, piece in tokens:
-        if is_field:
-            break
-        prefix += piece
-    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", prefix)
-    if scheme is None or scheme.group(1).lower() not in ("http", "https"):
-        got = f"{scheme.group(1)}:" if scheme else "a placeholder" if tokens[0][0] else repr(text[:20])
-        raise ConfigError(f"{key}: only http and https URLs can be popped, written out, not {got}")
-    authority = re.match(r"https?://([^/?#]*)([/?#]?)", prefix, re.IGNORECASE)
-    if authority is not None and not authority.group(2) and any(is_field for is_field, _ in tokens):
-        raise ConfigError(f"{key}: a placeholder in the host; placeholders go in the path, query or fragment")
-    if authority is None or not authority.group(1):
-        raise ConfigError(f"{key}: expected {scheme.group(1)}://host/..., got {text!r}")
-    if "@" in authority.group(1):
-        raise ConfigError(f"{key}: no user or password in a pop URL")
-    try:
-        if urlsplit(f"http://{authority.group(1)}").hostname is None:
-            raise ValueError("no host")
-        urlsplit(f"http://{authority.group(1)}").port
-    except ValueError as exc:
-        raise ConfigError(f"{key}: bad host {authority.group(1)!r}: {exc}") from None
-    parts, where = [], "path"
-    for is_field, piece in tokens:
-        parts.append((where if is_field else "", piece))
-        if not is_field and "#" in piece:  # only literal ? and # move on: values are encoded
-            where = "fragment"
-        elif not is_field and "?" in piece and where == "path":
-            where = "query"
-    return Template(text, tuple(parts))
-
-
-def form_template(text: Any, key: str) -> Template:
-    """A POST form value: placeholders are filled in as they are (the browser encodes the form)."""
-    return Template(_text(text, key), tuple(("raw" if f else "", t) for f, t in _tokens(_text(text, key), key)))
 
 
 @dataclass(frozen=True)

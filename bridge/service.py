@@ -84,7 +84,7 @@ class Bridge:
         self.records = RecordQueue(self.record_writer.write, retry_min=config["RECORD_RETRY_MIN_SECONDS"],
                                    retry_max=config["RECORD_RETRY_MAX_SECONDS"])
         self.profiles = Profiles(self.store)
-        # Webhooks (webhooks.py): checked at start; with endpoints, the outbox worker starts now, so rows
+        # Webhooks (bridge/webhooks/): checked at start; with endpoints, the outbox worker starts now, so rows
         # left by an earlier run are sent without waiting for an agent.
         self.webhooks: WebhookWorker | None = None
         if parse_webhooks(config["WEBHOOKS"]).endpoints:
