@@ -7,7 +7,6 @@ here. The table and its columns are described in docs/webhooks.md.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import time
 import uuid
@@ -19,6 +18,7 @@ from .. import logs
 from ..calls import start_key
 from ..store import Store, Tx, register_schema, table_columns, widen_unique
 from ..templating import Unbuildable, lookup
+from ..times import iso_at
 from .settings import Settings
 
 log = logs.get("bridge.webhooks")
@@ -75,11 +75,6 @@ register_schema("outbox", [_OUTBOX["sqlite"].format(name="outbox"), *_INDEXES],
                 [_OUTBOX["postgresql"].format(name="outbox"), *_INDEXES], _upgrade)
 
 
-def _iso(at: float) -> str:
-    stamp = datetime.datetime.fromtimestamp(at, datetime.timezone.utc)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class Webhooks:
     """The checked settings and the outbox writes; no threads (``WebhookWorker`` sends)."""
 
@@ -91,7 +86,7 @@ class Webhooks:
              record: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """The outbox rows for one event, one per endpoint that wants it."""
         now = self.clock()
-        payload = {"type": TYPES[event], "timestamp": _iso(now),
+        payload = {"type": TYPES[event], "timestamp": iso_at(now),
                    "data": {"record": dict(record or {})} if event == "record" else
                    {"call": dict(call), "agent": dict(agent), **({"record": dict(record)} if record else {})}}
         call_value, record_value = lookup(call, agent), lookup(record or {}, {})

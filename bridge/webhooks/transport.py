@@ -18,6 +18,8 @@ import urllib3
 import urllib3.connection
 from requests.adapters import HTTPAdapter
 
+from ..httpsession import hardened_session
+
 Resolver = Callable[..., list[tuple[Any, ...]]]
 
 
@@ -95,10 +97,5 @@ class _CheckedAdapter(HTTPAdapter):
 
 
 def open_session(checked: bool) -> requests.Session:
-    """A fresh session that reads no proxy or netrc settings from the environment."""
-    session = requests.Session()
-    session.trust_env = False
-    if checked:
-        session.mount("http://", _CheckedAdapter())
-        session.mount("https://", _CheckedAdapter())
-    return session
+    """A fresh hardened session (bridge/httpsession.py); ``checked``: through the address guard."""
+    return hardened_session(adapter=_CheckedAdapter() if checked else None)

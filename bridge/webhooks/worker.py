@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import requests
 
 from .. import logs
+from ..backoff import delay as retry_delay
 from ..store import Store, Tx
 from .outbox import Webhooks
 from .settings import parse
@@ -38,9 +39,9 @@ BY_METHOD: Mapping[str, str] = MappingProxyType(
 
 
 def backoff(attempts: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
-    """Seconds before the next try after ``attempts`` failures: full jitter, uniform in
-    [0, min(cap, base * 2 ** (attempts - 1))]."""
-    return rand() * min(cap, base * 2.0 ** min(max(attempts - 1, 0), 60))
+    """Seconds before the next try after ``attempts`` failures: bridge/backoff.py's full jitter,
+    uniform in [0, min(cap, base * 2 ** (attempts - 1))]."""
+    return retry_delay(attempts - 1, base, cap, rand=rand)
 
 
 class WebhookWorker:
