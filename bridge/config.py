@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "XMPP_MAX_DEPTH": 64,
     # Elements in one stanza: a flat megabyte of tiny elements fits the byte limit yet parses to about 20 MB
     "XMPP_MAX_ELEMENTS": 10_000,
-    # Node failover (bridge/failover.py, finesse.md 10): SystemInfo polling while a node is suspect, the
+    # Node failover (bridge/failover.py, docs/finesse.md 10): SystemInfo polling while a node is suspect, the
     # most reconnects and re-syncs in flight toward Finesse, and how long XMPP may refuse an in-service
     # node before its agents move to the other node (well inside Finesse's 60 s presence grace)
     "FAILOVER_POLL_SECONDS": 5.0,

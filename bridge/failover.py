@@ -1,4 +1,4 @@
-"""Finesse node failover, as the Finesse desktop does it (finesse.md 10.2, 10.6).
+"""Finesse node failover, as the Finesse desktop does it (docs/finesse.md 10.2, 10.6).
 
 One ``NodeWatcher`` per process tracks whether each node is IN_SERVICE. Anything that suspects a
 node (an XMPP drop, the ``finesse`` user going unavailable, a SystemInfo OUT_OF_SERVICE

@@ -392,7 +392,7 @@ class Bridge:
 
     def _move_off(self, node: NodeAddress) -> None:
         """Agents on a node out of service move to another node, once a fresh SystemInfo shows it in
-        service; with none, they keep their XMPP session (and presence) where it is (finesse.md 10.2)."""
+        service; with none, they keep their XMPP session (and presence) where it is (docs/finesse.md 10.2)."""
         target = self.failover.choose(node, float("inf"))
         if target is None or target == node or not self.failover.refresh(target) or self.failover.in_service(node):
             return

@@ -86,7 +86,7 @@ class FinesseSim(CallCenter):
 
     def make_call(self, actor: Agent, user_id: str, from_address: str, to_address: str,
                   variables: dict[str, str] | None, request_id: str = "") -> Dialog:
-        """POST /finesse/api/User/{id}/Dialogs with MAKE_CALL (finesse.md 6.7)."""
+        """POST /finesse/api/User/{id}/Dialogs with MAKE_CALL (docs/finesse.md 6.7)."""
         if user_id != actor.id and self.by_name.get(user_id.lower()) is not actor:
             raise FinesseError(401, "Invalid Authorization User Specified", "Cannot act for another user", actor.id)
         if not to_address:
@@ -199,7 +199,7 @@ class FinesseSim(CallCenter):
     # -- participant actions (REST) ------------------------------------------------------------
 
     def dialog_action(self, actor: Agent, dialog_id: str, fields: dict[str, Any], request_id: str = "") -> None:
-        """PUT /finesse/api/Dialog/{id} with a requestedAction (finesse.md 6.8)."""
+        """PUT /finesse/api/Dialog/{id} with a requestedAction (docs/finesse.md 6.8)."""
         action = str(fields.get("requestedAction", "")).upper()
         if not action:
             raise FinesseError(400, "Parameter Missing", "requestedAction is required", "requestedAction")
@@ -218,7 +218,7 @@ class FinesseSim(CallCenter):
         if handler is None:
             raise FinesseError(400, "Invalid Input", f"Unknown requestedAction {action}", action)
         if action not in self.actions(dialog, party):
-            # finesse.md 6.8: a consult from an alerting or held call is a Generic Error.
+            # docs/finesse.md 6.8: a consult from an alerting or held call is a Generic Error.
             kind = "Generic Error" if action == "CONSULT_CALL" else "Invalid State"
             raise FinesseError(400, kind, f"{action} is not allowed in state {party.state}", action)
         handler(actor, dialog, party, fields, request_id)

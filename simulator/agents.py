@@ -16,8 +16,8 @@ from .model import Agent, Dialog
 
 log = logging.getLogger("simulator")
 
-FORCED_LOGOUT_REASON = 255  # finesse.md 9.8
-MAKE_CALL_WHILE_READY_REASON = 50006  # finesse.md 5.5 (UCCE 12.5+)
+FORCED_LOGOUT_REASON = 255  # docs/finesse.md 9.8
+MAKE_CALL_WHILE_READY_REASON = 50006  # docs/finesse.md 5.5 (UCCE 12.5+)
 SYSTEM_REASONS = {FORCED_LOGOUT_REASON: (FORCED_LOGOUT_REASON, "Forced logout"),
                   MAKE_CALL_WHILE_READY_REASON: (MAKE_CALL_WHILE_READY_REASON, "Outbound call")}
 BUSY_STATES = ("RESERVED", "TALKING", "HOLD")
@@ -155,7 +155,7 @@ class Finesse:
     def team_users_xml(self, actor: Agent, team_id: str) -> str:
         if not any(t.id == team_id for t in self.config.teams):
             raise FinesseError(404, "Not Found", f"Team {team_id} not found", team_id)
-        if not actor.is_supervisor:  # wrong role (finesse.md 8.3)
+        if not actor.is_supervisor:  # wrong role (docs/finesse.md 8.3)
             raise FinesseError(401, "Authorization Failure", "Only supervisors can read a team", actor.id)
         if not self.supervises(actor, team_id):
             raise FinesseError(401, "Invalid Supervisor", "Not a supervisor of this team", actor.id)
@@ -239,7 +239,7 @@ class Finesse:
         self.signed_in_extensions.pop(agent.login_extension, None)
         self.signed_in_extensions[extension] = agent
         agent.login_extension = extension
-        if agent.signed_in:  # forced sign-in keeps the current state (finesse.md 5.2)
+        if agent.signed_in:  # forced sign-in keeps the current state (docs/finesse.md 5.2)
             self.publish_user(agent, request_id)
             return
         agent.pending_state = ""
@@ -284,7 +284,7 @@ class Finesse:
         agent.login_extension = ""
         self.set_state(agent, "LOGOUT", reason, request_id)
 
-    # -- presence (finesse.md 9.8) -----------------------------------------------------------
+    # -- presence (docs/finesse.md 9.8) -----------------------------------------------------------
 
     def presence(self, user: str, node: str, available: bool) -> None:
         """A node's XMPP endpoint reports a user's presence there appearing or going."""

@@ -1,6 +1,6 @@
 """Finesse's call side: dialogs, participant actions, queues and the simulated far end.
 
-Sequences follow finesse.md 6 and 9.6: a new call is a Dialogs POST, each change a Dialog PUT,
+Sequences follow docs/finesse.md 6 and 9.6: a new call is a Dialogs POST, each change a Dialog PUT,
 the end a PUT with DROPPED participants then a Dialogs DELETE, with the User updates
 (RESERVED, TALKING, HOLD, READY, WORK...) after the dialog change that caused them.
 """
@@ -58,7 +58,7 @@ class CallCenter(Finesse):
         return out
 
     def actions(self, dialog: Dialog, party: Participant) -> list[str]:
-        """What a participant may do now (finesse.md 6.5); the simulator enforces exactly this."""
+        """What a participant may do now (docs/finesse.md 6.5); the simulator enforces exactly this."""
         if party.agent_id is None:
             return []
         state = party.state
@@ -81,7 +81,7 @@ class CallCenter(Finesse):
             return acts
         if state == "HELD":
             # RETRIEVE is offered even beside an active call: retrieving holds that call first,
-            # as a phone line does (finesse.md 6.5 lists RETRIEVE for every HELD participant).
+            # as a phone line does (docs/finesse.md 6.5 lists RETRIEVE for every HELD participant).
             acts = ["RETRIEVE", "DROP", "UPDATE_CALL_DATA"]
             if self._consult_of(dialog, agent) is not None:
                 acts += ["TRANSFER", "CONFERENCE"]
@@ -129,7 +129,7 @@ class CallCenter(Finesse):
 
         A consult becoming ACTIVE offers TRANSFER/CONFERENCE on the held original; it ending
         withdraws them. The participant's ``actions`` in the latest notification are what a
-        client may do (finesse.md 6.5), so the original is PUT again to those agents.
+        client may do (docs/finesse.md 6.5), so the original is PUT again to those agents.
         """
         original = self.dialogs.get(consult.associated_dialog_id)
         if original is None:
@@ -155,7 +155,7 @@ class CallCenter(Finesse):
         self.notifier.publish(node, payload, (agent.id,))
 
     def _busy_state(self, agent: Agent, request_id: str = "") -> None:
-        """Derive RESERVED / TALKING / HOLD from the agent's dialogs (finesse.md 5.5)."""
+        """Derive RESERVED / TALKING / HOLD from the agent's dialogs (docs/finesse.md 5.5)."""
         if agent.state in ("WORK", "WORK_READY", "LOGOUT"):
             return
         target = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Finesse participant states (finesse.md 6.5) and the actions each allows.
+# Finesse participant states (docs/finesse.md 6.5) and the actions each allows.
 AGENT_DEVICE = "AGENT_DEVICE"
 
 

@@ -1,4 +1,4 @@
-"""Finesse XML documents, with Finesse's element names and casing (finesse.md 4 to 9).
+"""Finesse XML documents, with Finesse's element names and casing (docs/finesse.md 4 to 9).
 
 Strings are built directly (with escaping) rather than through an element tree: every
 notification goes through here, so this is the simulator's hot path.
@@ -32,7 +32,7 @@ def reason_code(rc_id: int, category: str, code: int, label: str, for_all: bool 
 
 
 def user(agent: Agent, reason: tuple[int, str, int, str] | None, tag: str = "User") -> str:
-    """A User object; ``tag`` is ``user`` inside notifications (finesse.md 9.5)."""
+    """A User object; ``tag`` is ``user`` inside notifications (docs/finesse.md 9.5)."""
     roles = "".join(el("role", r) for r in agent.roles)
     parts = [
         el("uri", f"{API}/User/{agent.id}"), el("loginId", agent.id), el("loginName", agent.login_name),
@@ -85,19 +85,19 @@ def dialog(d: Dialog, actions_for: dict[str, list[str]], uccx: bool, tag: str = 
 
 
 def update(data: str, event: str, source: str, request_id: str = "") -> str:
-    """The ``<Update>`` envelope of every notification (finesse.md 9.5)."""
+    """The ``<Update>`` envelope of every notification (docs/finesse.md 9.5)."""
     return (f"<Update><data>{data}</data>{el('event', event)}{el('requestId', request_id)}"
             f"{el('source', source)}</Update>")
 
 
 def api_errors(error_type: str, message: str, data: str = "") -> str:
-    """Synchronous errors: capitalised element names (finesse.md 8.1)."""
+    """Synchronous errors: capitalised element names (docs/finesse.md 8.1)."""
     return (f"<ApiErrors><ApiError>{el('ErrorData', data)}{el('ErrorMessage', message)}"
             f"{el('ErrorType', error_type)}</ApiError></ApiErrors>")
 
 
 def async_api_errors(error_type: str, message: str, data: str) -> str:
-    """Asynchronous (CTI) errors inside an Update: lower-case names (finesse.md 8.2)."""
+    """Asynchronous (CTI) errors inside an Update: lower-case names (docs/finesse.md 8.2)."""
     return (f"<apiErrors><apiError>{el('errorData', data)}{el('errorMessage', message)}"
             f"{el('errorType', error_type)}</apiError></apiErrors>")
 

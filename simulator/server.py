@@ -73,7 +73,7 @@ class Node:
             self.xmpp.publish_all(SYSTEM_INFO, payload)
 
     def republish(self) -> None:
-        """Back IN_SERVICE: republish every signed-in agent's state and calls (finesse.md 10.4).
+        """Back IN_SERVICE: republish every signed-in agent's state and calls (docs/finesse.md 10.4).
 
         Only through this node; what started and ended during the outage is not replayed.
         """
@@ -186,7 +186,7 @@ class Simulator:
 
     async def set_node(self, node: Node, status: str | None = None, xmpp: str | None = None,
                        webapp: str | None = None) -> None:
-        """Change a node as an outage would (finesse.md 10); UCCX moves service to the other node."""
+        """Change a node as an outage would (docs/finesse.md 10); UCCX moves service to the other node."""
         changed: list[Node] = []
         if status is not None and status != node.status:
             node.status = status

@@ -52,7 +52,7 @@ def _pairs(parent: Element, tag: str) -> dict[str, str]:
         name = (item.findtext("name") or "").strip()
         if not name:
             raise BodyError(f"<{tag}> without a name")
-        if name in pairs:  # finesse.md 6.9: duplicate names are Invalid Input
+        if name in pairs:  # docs/finesse.md 6.9: duplicate names are Invalid Input
             raise BodyError(f"<{tag}> {name} given twice")
         pairs[name] = item.findtext("value") or ""
     return pairs

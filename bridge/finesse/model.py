@@ -1,7 +1,7 @@
 """Pure translation: Finesse XML in, our JSON model out; our requests in, Finesse XML out. No I/O.
 
 Finesse's words (TALKING, ALERTING, TRANSFER_SST...) are mapped to ours in one function each.
-Element names are matched case-insensitively (finesse.md 9.5: ``user`` vs ``User``), and every
+Element names are matched case-insensitively (docs/finesse.md 9.5: ``user`` vs ``User``), and every
 document goes through defusedxml with a size limit before anything else looks at it.
 """
 from __future__ import annotations

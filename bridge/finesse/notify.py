@@ -10,7 +10,7 @@ Callbacks run in the loop thread, which carries every agent's XMPP traffic: they
 (hand the work to a queue) and must not call ``hub.connect`` (``close()`` from a callback only
 schedules the close). Exceptions they raise are logged and swallowed.
 
-    on_update(node, update)   a parsed ``<Update>`` and the pubsub node it came on (finesse.md 9.4);
+    on_update(node, update)   a parsed ``<Update>`` and the pubsub node it came on (docs/finesse.md 9.4);
                               malformed or hostile payloads are logged (never their text) and dropped
     on_state(kind, state)     ("xmpp", "connected" | "disconnected" | "reconnecting" | "waiting" |
                                "failover" | "failed")

@@ -313,7 +313,7 @@ class FinesseRest:
         raise Unavailable("No Finesse node is in service") from last
 
     def get_user(self, user_id: str, *, request_id: str | None = None) -> Agent:
-        """GET User (finesse.md 5.1)."""
+        """GET User (docs/finesse.md 5.1)."""
         return model.parse_user(self._get(f"{API}/User/{_segment(user_id)}", "User", request_id=request_id))
 
     def sign_in(self, user_id: str, extension: str, *, request_id: str | None = None) -> None:
@@ -391,7 +391,7 @@ class FinesseRest:
 
     def _send(self, method: str, path: str, body: str | None = None, request_id: str | None = None, *,
               params: dict[str, str] | None = None, node: NodeAddress | None = None) -> bytes:
-        """One request; on 503 or a connection failure, each other node is tried once (finesse.md 10)."""
+        """One request; on 503 or a connection failure, each other node is tried once (docs/finesse.md 10)."""
         headers = {}
         if request_id is not None:
             if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
@@ -404,7 +404,7 @@ class FinesseRest:
         gate = self.nodes.gate
         if node is None and gate is not None:
             candidates = [c for c in candidates if gate.in_service(c)]
-            if not candidates:  # fail fast: nothing would answer but 503 or a timeout (finesse.md 10.6)
+            if not candidates:  # fail fast: nothing would answer but 503 or a timeout (docs/finesse.md 10.6)
                 raise Unavailable("No Finesse node is in service")
         for candidate in candidates:
             try:

@@ -3,7 +3,7 @@
 Split from notify.py to keep both small; no other bridge module imports slixmpp (one module per outside system).
 Everything in ``AgentConnection`` except ``close``, ``connected`` and ``ssl_context`` runs in the hub's
 loop thread. The reconnect policy is ``backoff_delay`` and ``AgentConnection._reconnect``: failover
-to the other node (finesse.md 10.6) replaces those two and nothing else.
+to the other node (docs/finesse.md 10.6) replaces those two and nothing else.
 """
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ class AgentConnection:
                  route: Route | None = None) -> None:
         self.hub, self.host, self.port, self.domain, self.pubsub = hub, host, port, domain, pubsub
         self._user, self._route = user, route
-        self.jid = f"{user}@{domain}/cti-{secrets.token_hex(6)}"  # unique resource (finesse.md 9.2)
+        self.jid = f"{user}@{domain}/cti-{secrets.token_hex(6)}"  # unique resource (docs/finesse.md 9.2)
         self._down_since = 0.0
         self._password, self._tls = password, tls
         self._on_update, self._on_state = on_update, on_state
@@ -313,7 +313,7 @@ class AgentConnection:
                 self._pending.set_exception(error)
 
     def _on_session_start(self, _: Any) -> None:
-        self._xmpp.send_presence()  # Finesse watches it (finesse.md 9.2, 9.8)
+        self._xmpp.send_presence()  # Finesse watches it (docs/finesse.md 9.2, 9.8)
         self._keepalive_task = asyncio.get_running_loop().create_task(self._keepalive(first=True))
 
     async def _keepalive(self, first: bool = False) -> None:
@@ -375,7 +375,7 @@ class AgentConnection:
                 return
             if self._route is not None:
                 target = self._route(self.host, self.port, loop.time() - self._down_since)
-                if target is None:  # no node in service: wait for one (finesse.md 10.2)
+                if target is None:  # no node in service: wait for one (docs/finesse.md 10.2)
                     if not waiting:
                         waiting = True
                         self._state("xmpp", "waiting")
@@ -400,7 +400,7 @@ class AgentConnection:
                 attempt += 1
 
     def _move_to(self, host: str, port: int, domain: str, pubsub: str) -> None:
-        """Another node: another XMPP domain, so a new JID and a new client (finesse.md 10.3)."""
+        """Another node: another XMPP domain, so a new JID and a new client (docs/finesse.md 10.3)."""
         old = self._client
         if old is not None and old._run_out_filters is not None:
             old._run_out_filters.cancel()

@@ -1,7 +1,7 @@
 """The Finesse gadgets (``bridge/gadgets.py``, ``gadgets/*.xml``): what the server renders, and the two
 JSON-RPC methods the gadgets and the toolbar use (``customer.lookup``, ``screenpop.blocked``).
 
-Each gadget's XML must be well-formed OpenSocial as Finesse wants it (finesse.md 11.1), every
+Each gadget's XML must be well-formed OpenSocial as Finesse wants it (docs/finesse.md 11.1), every
 absolute URL in it must point at this bridge (or ``PUBLIC_URL``), and nothing in it may be a
 credential. The browser runs them in tests/e2e/test_gadgets.py.
 """

@@ -1,4 +1,4 @@
-"""Finesse node failover end to end (finesse.md 10, bridge/failover.py): the simulator's primary
+"""Finesse node failover end to end (docs/finesse.md 10, bridge/failover.py): the simulator's primary
 goes out of service or dies, the agent moves to the secondary (its XMPP presence there) and is
 re-synced; with no node in service actions fail fast with 5030; calls that ended meanwhile are
 reported once, with their record. The simulator's presence grace stays at Finesse's 60 s: the

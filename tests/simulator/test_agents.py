@@ -441,7 +441,7 @@ def test_agents_cannot_subscribe_to_a_team_node(h):
     assert answer.find("{jabber:client}error/{urn:ietf:params:xml:ns:xmpp-stanzas}forbidden") is not None
 
 
-# -- presence and forced logout (finesse.md 9.8) ---------------------------------------------------
+# -- presence and forced logout (docs/finesse.md 9.8) ---------------------------------------------------
 
 
 @pytest.mark.sim(presence_grace_seconds=0.5)

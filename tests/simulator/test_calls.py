@@ -2,7 +2,7 @@
 single-step transfer, DTMF, call data, wrap-up, queues, refused actions and UCCX differences.
 
 Each step reads the agent's next notifications in order (no sleeps: every wait has a timeout),
-and every dialog document is checked for Finesse's element names and order (finesse.md 6.1).
+and every dialog document is checked for Finesse's element names and order (docs/finesse.md 6.1).
 """
 from __future__ import annotations
 

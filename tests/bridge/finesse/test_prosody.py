@@ -3,7 +3,7 @@
 A throwaway Prosody runs in the foreground from tmp_path on a free loopback port (testing-notes.md).
 A publisher, signed in as the ``finesse`` user (a server admin, so it may create nodes and subscribe
 others), creates the Finesse-named node, subscribes the agent's full JID and publishes a User
-``<Update>`` as escaped text inside ``<notification>`` (finesse.md 9.4, 9.6).
+``<Update>`` as escaped text inside ``<notification>`` (docs/finesse.md 9.4, 9.6).
 
 Without ``prosody`` installed the tests skip, except under CI=true, where they fail.
 """
