@@ -230,7 +230,7 @@ class Connection(asyncio.Protocol):
         limit = self._host.max_message_size
         if limit and self._message_len > limit:
             self._message.clear()
-            self.close(1009, "Message is too big")
+            self.close(1009, PROTOCOL_ERRORS[1009])
             return False
         self._message.append(data)
         if event.message_finished:

@@ -431,3 +431,17 @@ def test_at_most_64_variables() -> None:
         protocol.validate_params("call.make", {"to": "1", "variables": many})
     many.pop("user.v0")
     protocol.validate_params("call.make", {"to": "1", "variables": many})
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"WRITABLE_VARIABLES": ["callVariable11"]}, "WRITABLE_VARIABLES: 'callVariable11' is not a call variable"),
+    ({"WRITABLE_VARIABLES": "callVariable1"}, "WRITABLE_VARIABLES: expected a list"),
+    ({"SIGNIN_MAX_FAILURES_PER_AGENT": 0}, "SIGNIN_MAX_FAILURES_PER_AGENT and SIGNIN_MAX_FAILURES_PER_ADDRESS"),
+    ({"XMPP_MAX_ELEMENTS": 10}, "XMPP_MAX_ELEMENTS: at least 100"),
+])
+def test_the_new_limits_are_checked_at_start_naming_the_key(settings: dict[str, Any], words: str) -> None:
+    from bridge.config import ConfigError, load
+    with pytest.raises(ConfigError, match=f"^{words}"):
+        load({"FINESSE_NODES": [{"url": "http://127.0.0.1:8082"}], **settings}, file="/dev/null", environ={})
+    load({"FINESSE_NODES": [{"url": "http://127.0.0.1:8082"}], "WRITABLE_VARIABLES": ["user.crm.*", "callVariable*"]},
+         file="/dev/null", environ={})

@@ -350,14 +350,20 @@ class FakeSocket:
         pass
 
 
+def _session(agent: Agent, screenpop: Any) -> tuple[AgentSession, FakeSocket]:
+    """A session with these screen-pop rules and one socket attached."""
+    session = AgentSession(agent, password_check=lambda _: True, replay_events=100, replay_seconds=60.0,
+                           grace_seconds=5.0, on_expire=lambda _: None, screenpop=screenpop)
+    socket = FakeSocket()
+    session.attach(socket)
+    return session, socket
+
+
 def test_a_session_pops_once_per_call_and_trigger() -> None:
     screenpop = ScreenPop(rules(rule(name="Ring", url="https://crm.example.com/c/{ani}?agent={agent.id}"),
                                 rule(name="End", on="ended", url="https://crm.example.com/wrap/{id}")))
     agent = Agent(id="1001", extension="71001", state="READY")
-    session = AgentSession(agent, password_check=lambda _: True, replay_events=100, replay_seconds=60.0,
-                           grace_seconds=5.0, on_expire=lambda _: None, screenpop=screenpop.pop)
-    socket = FakeSocket()
-    session.attach(socket)
+    session, socket = _session(agent, screenpop.pop)
     ringing = Call(id="D1", state="ringing", ani="4155550100", from_="4155550100", to="71001",
                    startedAt="2025-03-01T09:59:00.000Z")
     session.resync(agent, [ringing])
@@ -378,10 +384,7 @@ def test_a_reused_call_id_with_another_start_pops_again() -> None:
     # of one this session popped already. It is another call and gets its own pops.
     screenpop = ScreenPop(rules(rule(name="Ring", url="https://crm.example.com/c/{ani}")))
     agent = Agent(id="1001", extension="71001", state="READY")
-    session = AgentSession(agent, password_check=lambda _: True, replay_events=100, replay_seconds=60.0,
-                           grace_seconds=5.0, on_expire=lambda _: None, screenpop=screenpop.pop)
-    socket = FakeSocket()
-    session.attach(socket)
+    session, socket = _session(agent, screenpop.pop)
     first = Call(id="16777217", state="ringing", ani="4155550100", from_="4155550100", to="71001",
                  startedAt="2025-03-01T09:00:00.000Z")
     session.resync(agent, [first])
@@ -398,10 +401,7 @@ def test_a_failing_rule_never_costs_the_call_event(caplog: pytest.LogCaptureFixt
     def broken(*_: Any) -> dict[str, Any] | None:
         raise RuntimeError("boom")
     agent = Agent(id="1001", extension="71001")
-    session = AgentSession(agent, password_check=lambda _: True, replay_events=100, replay_seconds=60.0,
-                           grace_seconds=5.0, on_expire=lambda _: None, screenpop=broken)
-    socket = FakeSocket()
-    session.attach(socket)
+    session, socket = _session(agent, broken)
     caplog.set_level(logging.ERROR, "bridge.sessions")
     session.resync(agent, [Call(id="D1", state="ringing")])
     assert [m["method"] for m in socket.sent] == ["call.ringing"] and "screen-pop rules failed" in caplog.text
